@@ -1,0 +1,1 @@
+"""Host-side builders: Alpine repository reader, rootfs, squashfs, verity, initramfs, disks."""

@@ -1,0 +1,1 @@
+"""spinectl: the offline operator CLI of Alpine Spine (typer + rich)."""

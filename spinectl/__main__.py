@@ -1,0 +1,3 @@
+from spinectl.main import main
+
+main()
