@@ -21,6 +21,9 @@ COMMAND_MODULES = (
     "spinectl.cmd_keys",
     "spinectl.cmd_image",
     "spinectl.cmd_inventory",
+    "spinectl.cmd_disk",
+    "spinectl.cmd_build",
+    "spinectl.cmd_vm",
 )
 
 app = typer.Typer(
