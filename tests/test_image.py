@@ -15,6 +15,7 @@ from bay0.errors import (
     CorruptionError,
     ExistsError,
     FormatError,
+    NotFoundError,
     UnknownKeyError,
 )
 from bay0.formats import minisign
@@ -75,7 +76,7 @@ def test_build_refuses_to_overwrite_and_leaves_nothing_on_failure(tree: Path, tm
     with pytest.raises(ExistsError):
         image.build_image(tree, out)
     assert out.read_bytes() == before
-    with pytest.raises(Exception):
+    with pytest.raises(NotFoundError):
         image.build_image(tmp_path / "missing", tmp_path / "x.img")
     assert not (tmp_path / "x.img").exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
