@@ -137,6 +137,8 @@ class PublicKey:
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
         stripped = text.strip()
+        if not stripped:
+            raise FormatError("public key: empty", "is this a minisign .pub file?")
         line = stripped if "\n" not in stripped else _lines(text, "public key", 2)[1]
         raw = _b64decode(line, "public key", _PUBKEY_LEN)
         if raw[:2] != SIG_ALG:
