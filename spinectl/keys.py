@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,14 +97,26 @@ def generate(
             raise ExistsError(f"{path} already exists", "choose another --name or --dir")
     key = SecretKey.generate()
     secret_text = key.to_text(passphrase, comment=f"spinectl secret key {key.key_id_hex}")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_atomic(secret_path, secret_text.encode("ascii"), mode=0o600)
-    try:
-        write_atomic(public_path, key.public_key.to_text().encode("ascii"), mode=0o644)
-    except BaseException:
-        secret_path.unlink(missing_ok=True)  # no half key pair
-        raise
+    with _writing(directory):
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(secret_path, secret_text.encode("ascii"), mode=0o600)
+        try:
+            write_atomic(public_path, key.public_key.to_text().encode("ascii"), mode=0o644)
+        except BaseException:
+            secret_path.unlink(missing_ok=True)  # no half key pair
+            raise
     return GeneratedKey(key.public_key, public_path, secret_path, passphrase is not None)
+
+
+@contextlib.contextmanager
+def _writing(where: Path) -> Iterator[None]:
+    """Turn a failed write (permissions, a file where a directory should be) into one line."""
+    try:
+        yield
+    except OSError as e:
+        raise UsageError(
+            f"cannot write in {where}: {e.strerror or e}", "check that it is a writable directory"
+        ) from e
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -201,7 +215,8 @@ def sign_file(path: str | os.PathLike[str], secret_key: SecretKey, force: bool =
         f"timestamp:{signing_time()}\tfile:{path.name}\tsize:{size}\tkey:{secret_key.key_id_hex}"
     )
     data = secret_key.sign_prehashed(digest, comment)
-    return write_atomic(target, data, mode=0o644, overwrite=force)
+    with _writing(target.parent):
+        return write_atomic(target, data, mode=0o644, overwrite=force)
 
 
 def verify_file(

@@ -96,9 +96,14 @@ def test_generate_refuses_the_repository_tree(spinectl, env, where):
     assert not (target / "leak-test.key").exists() and not (target / "leak-test.pub").exists()
 
 
-def test_generate_refuses_a_bad_name(spinectl, env, tmp_path):
+def test_generate_refuses_a_bad_name_or_directory(spinectl, env, tmp_path):
     result = spinectl("keys", "generate", "--name", "../x", "--dir", tmp_path)
     assert result.code == 2 and "invalid key name" in result.err
+    (tmp_path / "file").write_text("")
+    result = spinectl(
+        "keys", "generate", "--name", "x", "--dir", tmp_path / "file", "--no-passphrase"
+    )
+    assert result.code == 2 and "cannot write in" in result.err
 
 
 # ------------------------------------------------------------------ sign
