@@ -69,9 +69,7 @@ def run(
     argv = [str(a) for a in argv]
     tool = argv[0]
     resolved = which(tool) if "/" not in tool else tool
-    full_env = dict(BASE_ENV)
-    if "SOURCE_DATE_EPOCH" in os.environ:
-        full_env["SOURCE_DATE_EPOCH"] = os.environ["SOURCE_DATE_EPOCH"]
+    full_env = dict(BASE_ENV)  # not even SOURCE_DATE_EPOCH: callers pass times explicitly
     full_env.update(env or {})
     command_line = shlex.join(argv)
     if debug_enabled():

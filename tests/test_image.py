@@ -62,6 +62,14 @@ def test_build_is_reproducible_and_veritysetup_accepts_it(tree: Path, tmp_path: 
     assert image.read_identity(tmp_path / "a.img") == a
 
 
+def test_source_date_epoch_sets_the_times(tree: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    a = image.build_image(tree, tmp_path / "a.img")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000001")
+    b = image.build_image(tree, tmp_path / "b.img")
+    assert a.root_hash != b.root_hash
+
+
 def test_changed_content_changes_identity(tree: Path, tmp_path: Path) -> None:
     a = image.build_image(tree, tmp_path / "a.img")
     (tree / "etc" / "motd").write_text("changed\n")
