@@ -334,7 +334,7 @@ def mark_good(bc: BootControl, name: str) -> BootControl:
 
     Raises SlotStateError for an unknown, empty or marked-bad (priority 0) slot.
     """
-    slot = _require_image(bc, name, "mark good")
+    slot = _require_image(bc, name, "good")
     if slot.priority == 0:
         raise SlotStateError(f"cannot mark slot {name} good: it is marked bad (priority 0)",
                              f"flash slot {name} again to re-activate it")
@@ -346,7 +346,7 @@ def mark_bad(bc: BootControl, name: str) -> BootControl:
 
     Raises SlotStateError for an unknown or empty slot.
     """
-    slot = _require_image(bc, name, "mark bad")
+    slot = _require_image(bc, name, "bad")
     return bc.with_slot(name, replace(slot, priority=0, tries_left=0, good=False))
 
 
@@ -380,9 +380,9 @@ def activate(bc: BootControl, name: str, *, version: str, root_hash: str, salt: 
     return bc.with_slot(name, new).with_slot(other(name), peer)
 
 
-def _require_image(bc: BootControl, name: str, action: str) -> Slot:
+def _require_image(bc: BootControl, name: str, mark: str) -> Slot:
     slot = bc.slot(name)
     if slot.empty:
-        raise SlotStateError(f"cannot {action} slot {name}: it is empty (no image)",
+        raise SlotStateError(f"cannot mark slot {name} {mark}: it is empty (no image)",
                              f"flash an image into slot {name} first")
     return slot
