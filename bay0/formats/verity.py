@@ -213,6 +213,16 @@ def root_hash_of(top: bytes, salt: bytes) -> str:
     return hashlib.sha256(salt + bytes(top)).hexdigest()
 
 
+def tree_root(level0_digests: bytes, levels: list[bytes], salt: bytes) -> str:
+    """Root hash (hex) of a tree built by ``build_levels``.
+
+    With no levels the one data block's digest is the root hash already.
+    """
+    if not levels:
+        return bytes(level0_digests).hex()
+    return root_hash_of(levels[-1], salt)
+
+
 def assemble_hash_area(sb: Superblock, levels: list[bytes]) -> bytes:
     """The bytes from ``hash_offset`` on: superblock block, then the levels top first.
 
