@@ -17,8 +17,11 @@ PASS = "an operator passphrase"
 
 
 @pytest.fixture(autouse=True)
-def _minisign():
+def _minisign(monkeypatch):
     require_tool("minisign")
+    # Another test can leak SPINE_DEBUG=1 (spinectl --debug sets it); we assert on
+    # the tracebackless one-line errors.
+    monkeypatch.delenv("SPINE_DEBUG", raising=False)
 
 
 @pytest.fixture
