@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import stat
+import sys
+import time
 
 import pytest
 
@@ -107,6 +112,48 @@ def test_generate_refuses_a_bad_name_or_directory(spinectl, env, tmp_path):
         "keys", "generate", "--name", "x", "--dir", tmp_path / "file", "--no-passphrase"
     )
     assert result.code == 2 and "cannot write in" in result.err
+
+
+def converse(args, answers, timeout=60):
+    """Run spinectl on a pseudo-terminal, answering each prompt; returns (code, output)."""
+    env = {k: v for k, v in os.environ.items() if k != "SPINE_KEY_PASSPHRASE"}
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the pty is its controlling terminal, so getpass reads from it
+        os.execve(sys.executable, [sys.executable, "-m", "spinectl", *map(str, args)], env)
+    out, pending, deadline = b"", list(answers), time.monotonic() + timeout
+    while select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        out += chunk
+        if pending and pending[0][0] in out.split(b"\n")[-1]:
+            os.write(fd, pending.pop(0)[1])
+    else:
+        os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_passphrase_prompts_on_a_terminal(tmp_path, data):
+    code, out = converse(
+        ["keys", "generate", "--name", "tty", "--dir", tmp_path / "keys"],
+        [
+            (b"Passphrase", b"one\n"),
+            (b"Repeat", b"two\n"),
+            (b"Passphrase", b"pw\n"),
+            (b"Repeat", b"pw\n"),
+        ],
+    )
+    assert code == 0, out
+    assert out.count("Passphrase for new key tty") == 2 and "do not match" in out
+    assert SecretKeyFile.parse((tmp_path / "keys/tty.key").read_text()).encrypted
+    code, out = converse(
+        ["sign", data, "--key", tmp_path / "keys/tty.key"], [(b"Passphrase for", b"pw\n")]
+    )
+    assert code == 0, out
+    assert minisign_verify(data, tmp_path / "keys/tty.pub").returncode == 0
 
 
 # ------------------------------------------------------------------ sign
