@@ -54,6 +54,7 @@ def spinectl(monkeypatch, tmp_path):
     """Run the CLI in-process: ``spinectl(*args) -> Result(code, out, err)``."""
     from tests.clihelp import invoke
 
+    monkeypatch.delenv("SPINE_DEBUG", raising=False)  # --debug in one test must not leak
     monkeypatch.chdir(tmp_path)
     return invoke
 
