@@ -133,6 +133,14 @@ def remove_cmd(file: File, name: Annotated[str, typer.Argument(help="Persona nam
     _out().print(f"removed persona {name} (inventory is unsigned until sign)")
 
 
+@inventory_app.command("purge")
+def purge_cmd(file: File, name: Annotated[str, typer.Argument(help="Persona name.")]) -> None:
+    """Ask bay0 to purge a persona once (kill, unmount, wipe scratch) and start it fresh."""
+    persona = service.purge_persona(file, name)
+    _out().print(f"persona {name}: purge generation {persona.purge} "
+                 "(inventory is unsigned until sign)")
+
+
 def _summary(persona: Persona) -> dict[str, Any]:
     net = persona.network
     return {

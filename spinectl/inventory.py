@@ -326,6 +326,17 @@ def update_persona(path: str | os.PathLike[str], options: PersonaOptions) -> Per
     return persona
 
 
+def purge_persona(path: str | os.PathLike[str], name: str) -> Persona:
+    """Bump the persona's purge generation: bay0 purges it once when it applies the inventory."""
+    with editing(path) as draft:
+        persona = draft.inventory.persona(name)
+        if persona is None:
+            raise NotFoundError(f"persona {name} is not in the inventory", "see inventory list")
+        persona = replace(persona, purge=persona.purge + 1)
+        draft.inventory = draft.inventory.with_persona(persona)
+    return persona
+
+
 def remove_persona(path: str | os.PathLike[str], name: str) -> None:
     with editing(path) as draft:
         if draft.inventory.persona(name) is None:
@@ -490,8 +501,8 @@ def options_to_persona(o: PersonaOptions, old: Persona | None) -> Persona:
             "restart": _restart(o, old.restart if old else Restart()),
             "shell": None if o.no_shell else o.shell or (old.shell if old else None),
         }
-    extra = old.extra if old else {}
-    return Persona(name=o.name, extra=extra, **values)
+    extra, purge = (old.extra, old.purge) if old else ({}, 0)
+    return Persona(name=o.name, extra=extra, purge=purge, **values)
 
 
 def _mounts(items: tuple[str, ...]) -> Iterator[Mount]:

@@ -174,6 +174,17 @@ def test_bad_persona_input(spinectl, ws: Path, args, code: int, fragment: str) -
     assert (ws / "inv.json").read_bytes() == before
 
 
+def test_purge_bumps_the_generation(spinectl, ws: Path) -> None:
+    assert sign(spinectl).code == 0
+    assert spinectl("inventory", "purge", "inv.json", "web").code == 0
+    assert spinectl("inventory", "purge", "inv.json", "web").code == 0
+    assert not (ws / "inv.json.minisig").exists()
+    assert json.loads(spinectl("inventory", "show", "inv.json", "web", "--json").out)["purge"] == 2
+    assert spinectl("inventory", "update", "inv.json", "--name", "web", "--pids", "9").code == 0
+    assert json.loads(spinectl("inventory", "show", "inv.json", "web", "--json").out)["purge"] == 2
+    assert spinectl("inventory", "purge", "inv.json", "nope").code == 6
+
+
 def test_names_exist_or_not(spinectl, ws: Path) -> None:
     r = spinectl("inventory", "add", "inv.json", "--name", "web", "--image", "web.img", *PERSONA)
     assert r.code == 5 and "persona web already exists" in r.err

@@ -33,6 +33,7 @@ def persona(name: str = "web", **changes: Any) -> dict[str, Any]:
         "environment": {"LANG": "C.UTF-8"},
         "restart": {"policy": "on-failure", "max_restarts": 5, "backoff": 2},
         "shell": "front",
+        "purge": 0,
     }
     doc.update(changes)
     return doc

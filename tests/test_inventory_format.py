@@ -111,6 +111,7 @@ CASES = [
     ("image-file-path", f"{P0}.image.file", "../web.img", "image.file"),
     ("image-no-tree", f"{P0}.image.size", 4096 * 10, "image.size: leaves no room"),
     ("image-missing-root", f"{P0}.image.root_hash", DROP, "image: root_hash is missing"),
+    ("purge-negative", f"{P0}.purge", -1, "persona web: purge: -1 is outside"),
     ("name-upper", f"{P0}.name", "Web", "is not a name"),
     ("name-long", f"{P0}.name", "a" * 64, "is not a name"),
     ("version-negative", "version", -1, "inventory: version: -1 is outside"),
@@ -148,6 +149,14 @@ def test_valid_document_round_trips_byte_for_byte() -> None:
     web = again.persona("web")
     assert web.ceilings.cpus == Fraction(1, 2)
     assert web.network.egress[0].port == 80 and again.persona("batch").network is None
+
+
+def test_optional_persona_fields_default() -> None:
+    doc = document()
+    for key in ("mounts", "environment", "shell", "purge"):
+        del doc["personas"][1][key]
+    batch = inv.Inventory.from_dict(doc).persona("batch")
+    assert (batch.mounts, batch.environment, batch.shell, batch.purge) == ((), {}, None, 0)
 
 
 def test_unknown_fields_of_a_known_major_are_kept() -> None:

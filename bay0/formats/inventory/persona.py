@@ -93,6 +93,9 @@ class Persona:
     environment: dict[str, str] = field(default_factory=dict)
     restart: Restart = field(default_factory=Restart)
     shell: str | None = None
+    # Purge generation: when it exceeds the one bay0 last applied, bay0 purges the
+    # persona once (cgroup.kill, unmount, detach, wipe scratch) before starting it again.
+    purge: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -122,13 +125,14 @@ class Persona:
                 _fail(f"mounts[{index}]", f"target {mount.target} is mounted twice")
             targets.add(mount.target)
         _check_environment(self.environment)
+        _int(self.purge, "purge", 0, 2**31 - 1)
         if self.shell is not None:
             _str(self.shell, "shell", NAME_RE, "a shell name")
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "persona") -> Persona:
         required = ("name", "image", "ceilings", "command", "user", "network", "seccomp", "restart")
-        known, extra = _split(data, where, required, ("mounts", "environment", "shell"))
+        known, extra = _split(data, where, required, ("mounts", "environment", "shell", "purge"))
         name = _str(known["name"], f"{where}: name", NAME_RE, "a name (a-z, 0-9, '-')")
         with context(f"persona {name}"):
             user, _ = _split(known["user"], "user", ("uid", "gid"))
@@ -144,7 +148,7 @@ class Persona:
         return cls(
             name=name, command=tuple(command), uid=user["uid"], gid=user["gid"],
             seccomp=known["seccomp"], environment=known.get("environment", {}),
-            shell=known.get("shell"), extra=extra, **values,
+            shell=known.get("shell"), purge=known.get("purge", 0), extra=extra, **values,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +164,7 @@ class Persona:
             "environment": dict(self.environment),
             "restart": self.restart.to_dict(),
             "shell": self.shell,
+            "purge": self.purge,
         }
         return _with_extra(self.extra, known)
 
