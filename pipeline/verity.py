@@ -189,7 +189,10 @@ def _translate(path: Path, start: int, length: int, call: Callable[[], bytes]) -
             f"{path}: image is truncated, data ends before byte {start + length}", CORRUPT_HINT
         ) from e
     except BrokenProcessPool as e:
-        raise CorruptionError(f"{path}: image changed while it was read", CORRUPT_HINT) from e
+        raise CorruptionError(
+            f"{path}: a hashing worker died (was the image cut short while being read?)",
+            "make sure nothing else writes to the image, then retry",
+        ) from e
     except OSError as e:
         raise _os_error(path, e, "read") from e
 

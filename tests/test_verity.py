@@ -204,8 +204,6 @@ def test_progress_reports_bytes_hashed(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_work_is_spread_over_worker_processes(tmp_path: Path, monkeypatch) -> None:
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs two usable cores")
     record = tmp_path / "pids"
     original = pv.hash_blocks
 
@@ -215,8 +213,7 @@ def test_work_is_spread_over_worker_processes(tmp_path: Path, monkeypatch) -> No
         return original(data, salt)
 
     monkeypatch.setattr(pv, "hash_blocks", recording)
-    monkeypatch.setattr(pv, "TASK_BYTES", 64 << 10)
-    monkeypatch.setattr(pv, "PARALLEL_MIN_BYTES", 0)
+    parallel(monkeypatch)
     path, twin = tmp_path / "img", tmp_path / "twin"
     make_data(path, 256)
     shutil.copyfile(path, twin)
@@ -224,6 +221,40 @@ def test_work_is_spread_over_worker_processes(tmp_path: Path, monkeypatch) -> No
     pids = set(record.read_text().split())
     assert len(pids) >= 2 and str(os.getpid()) not in pids
     assert params.root_hash == veritysetup_format(twin, 256 * 4096)
+
+
+def parallel(monkeypatch) -> None:
+    """Force the forked-worker path on a small file: 64 KiB tasks, no size threshold."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two usable cores")
+    monkeypatch.setattr(pv, "TASK_BYTES", 64 << 10)
+    monkeypatch.setattr(pv, "PARALLEL_MIN_BYTES", 0)
+
+
+def test_parallel_verify_names_the_first_bad_block(tmp_path: Path, monkeypatch) -> None:
+    parallel(monkeypatch)
+    path = tmp_path / "img"
+    make_data(path, 256)
+    params = pv.append_tree(path, salt=SALT, uuid=UUID)
+    pv.verify_image(path, params)
+    corrupt(path, 100 * 4096 + 7)
+    corrupt(path, 250 * 4096 + 7)
+    with pytest.raises(CorruptionError, match=r"data block 100 \(byte 409600\)"):
+        pv.verify_image(path, params)
+
+
+def die(*args: object) -> bytes:
+    os._exit(1)  # what SIGBUS (file cut short under the mapping) or the OOM killer look like
+
+
+def test_dead_worker_is_reported_not_hung(tmp_path: Path, monkeypatch) -> None:
+    parallel(monkeypatch)
+    monkeypatch.setattr(pv, "_hash_range_mapped", die)
+    path = tmp_path / "img"
+    data = make_data(path, 64)
+    with pytest.raises(CorruptionError, match="hashing worker died"):
+        pv.append_tree(path, salt=SALT)
+    assert path.read_bytes() == data
 
 
 @pytest.mark.parametrize(("size", "message"), [(0, "0 bytes"), (4097, "4097 bytes")])
