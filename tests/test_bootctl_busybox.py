@@ -28,22 +28,73 @@ E = bcf.EMPTY_SLOT
 KEY = os.urandom(512)
 
 
-@pytest.fixture(scope="module")
-def applets(tmp_path_factory) -> Path:
-    """A directory of busybox applet links: the only PATH the scripts get."""
-    require_tool("busybox")
-    busybox = Path(which("busybox")).resolve()
-    bindir = tmp_path_factory.mktemp("applets")
-    for name in run([busybox, "--list"]).stdout.decode().split():
-        (bindir / name).symlink_to(busybox)
+class Shell:
+    """busybox sh with PATH = a directory of busybox applet links and nothing else.
+
+    ``host``: Debian's busybox-static. ``alpine``: the busybox of the Alpine 3.19
+    minirootfs (the one the initramfs ships), run in a bubblewrap sandbox whose ``/w``
+    is the test's directory.
+    """
+
+    def __init__(self, applets: Path, root: Path | None = None) -> None:
+        self.applets, self.root = applets, root
+
+    def inside(self, path: Path, workdir: Path) -> str:
+        return str(path) if self.root is None else "/w/" + str(path.relative_to(workdir))
+
+    def applet_dir(self) -> str:
+        return str(self.applets if self.root is None else "/" + self.applets.name)
+
+    def run(self, script: str, workdir: Path):
+        if self.root is None:
+            argv = [self.applets / "sh", "-c", f". {LIB}\n{script}"]
+            env = {"PATH": str(self.applets), "BC_TMP": str(workdir / "bct")}
+        else:
+            argv = ["bwrap", "--bind", self.root, "/", "--bind", workdir, "/w",
+                    "--ro-bind", LIB.parent, "/spine-lib", "--dev", "/dev", "--proc", "/proc",
+                    "--clearenv", "--setenv", "PATH", self.applet_dir(),
+                    "--setenv", "BC_TMP", "/w/bct", f"{self.applet_dir()}/sh", "-c",
+                    f". /spine-lib/{LIB.name}\n{script}"]
+            env = {}
+        proc = run(argv, env=env, check=False)
+        return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def _link_applets(bindir: Path, names: list[str], target: str) -> Path:
+    bindir.mkdir()
+    for name in names:
+        (bindir / name).symlink_to(target)
     return bindir
 
 
-class Disk:
-    """A spine_state image file and a busybox sh to run the library against it."""
+@pytest.fixture(scope="module", params=["host", "alpine"])
+def shell(request, tmp_path_factory) -> Shell:
+    if request.param == "host":
+        require_tool("busybox")
+        busybox = Path(which("busybox")).resolve()
+        names = run([busybox, "--list"]).stdout.decode().split()
+        return Shell(_link_applets(tmp_path_factory.mktemp("host") / "applets", names,
+                                   str(busybox)))
+    require_tool("bwrap")
+    tarball = request.getfixturevalue("alpine") / "minirootfs/alpine-minirootfs-3.19.4-x86_64.tar.gz"
+    root = tmp_path_factory.mktemp("alpine")
+    run(["tar", "-xzf", tarball, "-C", root])
+    for mount_point in ("w", "spine-lib"):
+        (root / mount_point).mkdir()
+    names = run(["bwrap", "--ro-bind", root, "/", "/bin/busybox", "--list"]).stdout.decode().split()
+    return Shell(_link_applets(root / "applets", names, "/bin/busybox"), root)
 
-    def __init__(self, applets: Path, path: Path) -> None:
-        self.applets, self.path = applets, path
+
+class Disk:
+    """A spine_state image file in the test's directory, and the shell to run against it."""
+
+    def __init__(self, shell: Shell, workdir: Path) -> None:
+        self.shell, self.workdir = shell, workdir
+        self.path = workdir / "state.img"
+        self.dev = shell.inside(self.path, workdir)
+
+    def inside(self, path: Path) -> str:
+        return self.shell.inside(path, self.workdir)
 
     def write(self, region: bytes, key: bytes = KEY) -> bytes:
         data = region + bytes(bcf.KEYFILE_OFFSET - len(region)) + key + bytes(4096)
@@ -51,17 +102,15 @@ class Disk:
         return data
 
     def sh(self, script: str):
-        proc = run([self.applets / "sh", "-c", f". {LIB}\n{script}"], check=False,
-                   env={"PATH": str(self.applets), "BC_TMP": str(self.path.parent / "bct")})
-        return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+        return self.shell.run(script, self.workdir)
 
     def bytes(self) -> bytes:
         return self.path.read_bytes()
 
 
 @pytest.fixture
-def disk(applets: Path, tmp_path: Path) -> Disk:
-    return Disk(applets, tmp_path / "state.img")
+def disk(shell: Shell, tmp_path: Path) -> Disk:
+    return Disk(shell, tmp_path)
 
 
 def older_and_newer(bc: BootControl, newer_copy: int) -> bytes:
@@ -98,7 +147,7 @@ CHOICES = [
 def test_shell_reads_what_python_wrote_and_chooses_the_same_order(disk, bc, newer_copy) -> None:
     region = older_and_newer(bc, newer_copy)
     disk.write(region)
-    code, out, err = disk.sh(DUMP.replace("$DEV", str(disk.path)))
+    code, out, err = disk.sh(DUMP.replace("$DEV", disk.dev))
     assert code == 0, err
     current, copy = bcf.read_region(region)
     assert copy == newer_copy
@@ -109,7 +158,7 @@ def test_ties_and_single_valid_copies_pick_the_same_copy_as_python(disk) -> None
     a, b = bcf.encode(replace(GOOD, last_boot="A")), bcf.encode(GOOD)
     for region in (a + b, b + a, bytes(4096) + a, BAD_RECORDS["bit flip in body"] + b):
         disk.write(region)
-        code, out, err = disk.sh(DUMP.replace("$DEV", str(disk.path)))
+        code, out, err = disk.sh(DUMP.replace("$DEV", disk.dev))
         assert code == 0, err
         assert out == expected_dump(*bcf.read_region(region))
 
@@ -122,7 +171,7 @@ def _python_write(region: bytes, ops: list[tuple[str, str]]) -> bytes:
     return region
 
 
-def _shell_script(dev: Path, ops: list[tuple[str, str]]) -> str:
+def _shell_script(dev: str, ops: list[tuple[str, str]]) -> str:
     steps = "".join(f"bc_{op} {name} || exit 3\nbc_save {dev} || exit 4\n" for op, name in ops)
     return f"bc_load {dev} || exit 2\n{steps}"
 
@@ -143,7 +192,7 @@ TRANSITIONS = [
 def test_shell_writes_the_same_bytes_as_python(disk, bc, ops, newer_copy) -> None:
     region = older_and_newer(bc, newer_copy)
     before = disk.write(region)
-    code, _, err = disk.sh(_shell_script(disk.path, ops))
+    code, _, err = disk.sh(_shell_script(disk.dev, ops))
     assert code == 0, err
     expected = _python_write(region, ops)
     assert disk.bytes() == expected + before[bcf.REGION_SIZE:]
@@ -163,7 +212,7 @@ def test_random_states_and_transitions_agree(disk, slots, last, seq, ops) -> Non
     bc = BootControl(seq, last, slots)
     region = bcf.initial_region(bc)
     disk.write(region)
-    code, _, err = disk.sh(_shell_script(disk.path, ops))
+    code, _, err = disk.sh(_shell_script(disk.dev, ops))
     try:
         expected = _python_write(region, ops)
     except bcf.SlotStateError:
@@ -182,7 +231,7 @@ def test_random_states_and_transitions_agree(disk, slots, last, seq, ops) -> Non
 ])
 def test_shell_refuses_impossible_requests_and_writes_nothing(disk, script, message) -> None:
     before = disk.write(bcf.initial_region(state(slot(2, 0), E)))
-    code, _, err = disk.sh(f"bc_load {disk.path} && {script} && bc_save {disk.path}")
+    code, _, err = disk.sh(f"bc_load {disk.dev} && {script} && bc_save {disk.dev}")
     assert code != 0 and err.strip() == message
     assert disk.bytes() == before
 
@@ -193,7 +242,7 @@ def test_shell_rejects_every_record_python_rejects(disk, name) -> None:
     with pytest.raises(FormatError):
         bcf.decode(record)
     disk.write(bytes(4096) + record)
-    code, _, err = disk.sh(f"bc_load {disk.path}")
+    code, _, err = disk.sh(f"bc_load {disk.dev}")
     assert code == 1 and "no valid boot-control record" in err
 
 
@@ -201,7 +250,7 @@ def test_torn_shell_writes_are_rejected_by_both_and_the_old_state_wins(disk) -> 
     old = state(slot(2, 3), slot(1, 0, True), seq=41)
     region = bcf.initial_region(old)
     disk.write(region)
-    code, _, err = disk.sh(_shell_script(disk.path, [("consume_try", "A")]))
+    code, _, err = disk.sh(_shell_script(disk.dev, [("consume_try", "A")]))
     assert code == 0, err
     written = disk.bytes()[4096:8192]  # the shell overwrote copy 1 (the tie loser)
     assert written == bcf.plan_write(region, bcf.consume_try(old, "A"))[1]
@@ -215,18 +264,18 @@ def test_torn_shell_writes_are_rejected_by_both_and_the_old_state_wins(disk) -> 
             bcf.decode(torn)
         disk.write(region[:4096] + torn)
         assert bcf.read_region(disk.bytes()) == (old, 0)
-        code, out, err = disk.sh(DUMP.replace("$DEV", str(disk.path)))
+        code, out, err = disk.sh(DUMP.replace("$DEV", disk.dev))
         assert code == 0, err
         assert out == expected_dump(old, 0)
         disk.write(torn + torn)
-        code, _, err = disk.sh(f"bc_load {disk.path}")
+        code, _, err = disk.sh(f"bc_load {disk.dev}")
         assert code == 1 and "no valid boot-control record" in err
 
 
 def test_save_alternates_copies_and_never_touches_the_keyfile(disk) -> None:
     before = disk.write(bcf.initial_region(GOOD))
-    code, out, err = disk.sh(f"bc_load {disk.path}\n" + "bc_consume_try A; bc_save "
-                             f"{disk.path}; echo $BC_COPY $BC_SEQ\n" * 3)
+    code, out, err = disk.sh(f"bc_load {disk.dev}\n" + "bc_consume_try A; bc_save "
+                             f"{disk.dev}; echo $BC_COPY $BC_SEQ\n" * 3)
     assert code == 0, err
     assert out.split("\n")[:3] == ["1 8", "0 9", "1 10"]
     after = disk.bytes()
@@ -237,12 +286,12 @@ def test_save_alternates_copies_and_never_touches_the_keyfile(disk) -> None:
 def test_keyfile(disk, tmp_path) -> None:
     disk.write(bcf.initial_region(GOOD))
     out = tmp_path / "key"
-    code, _, err = disk.sh(f"bc_keyfile {disk.path} {out}")
+    code, _, err = disk.sh(f"bc_keyfile {disk.dev} {disk.inside(out)}")
     assert code == 0, err
     assert out.read_bytes() == KEY and (out.stat().st_mode & 0o777) == 0o600
     disk.write(bcf.initial_region(GOOD), key=bytes(512))
-    code, _, err = disk.sh(f"bc_keyfile {disk.path} {out}")
-    assert code == 1 and err.strip() == f"bootctl: no persist keyfile in {disk.path}"
+    code, _, err = disk.sh(f"bc_keyfile {disk.dev} {disk.inside(out)}")
+    assert code == 1 and err.strip() == f"bootctl: no persist keyfile in {disk.dev}"
 
 
 def test_the_library_uses_busybox_applets_only(disk) -> None:
@@ -250,5 +299,12 @@ def test_the_library_uses_busybox_applets_only(disk) -> None:
     code, out, err = disk.sh(f"for t in {' '.join(tools)}; do command -v $t; done")
     assert code == 0, err
     # busybox sh runs its own applets in-process (bare name) or through the links.
-    assert out.split() in (tools, [str(disk.applets / t) for t in tools])
-    assert all((disk.applets / t).is_symlink() for t in tools)
+    assert out.split() in (tools, [f"{disk.shell.applet_dir()}/{t}" for t in tools])
+    assert all((disk.shell.applets / t).is_symlink() for t in tools)
+
+
+def test_the_alpine_variant_runs_the_initramfs_busybox(shell, tmp_path) -> None:
+    if shell.root is None:
+        pytest.skip("host variant")
+    code, out, _ = shell.run("/bin/busybox 2>&1 | head -n 1", tmp_path)
+    assert "BusyBox v1.36.1" in out
