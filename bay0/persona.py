@@ -1,0 +1,511 @@
+"""The persona launcher: one verified image directory in, one contained process out.
+
+``launch(spec)`` creates the persona's cgroup, then a single raw ``clone`` into new
+PID, mount, UTS, IPC and network namespaces. That child is PID 1 of the persona: it
+joins the cgroup and a new cgroup namespace, builds the filesystem view
+(bay0.sys.rootfs), sets hostname, loopback, rlimits and ids, drops every capability,
+locks securebits, sets no_new_privs, loads the seccomp filter, and spawns the command
+as PID 2 with default signal dispositions, then reaps until the command exits and
+exits with its status. Every setup failure comes back over a close-on-exec pipe as
+(step, errno, message), so a launch either succeeds or raises ``SandboxError`` naming
+the step. docs/implementation/sandbox.md explains each step.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import fcntl
+import os
+import re
+import resource
+import select
+import signal
+import socket
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bay0.formats.inventory import RESERVED_TARGETS
+from bay0.sys import SandboxError, caps, netns, ns, rootfs
+from bay0.sys.cgroup import Ceilings, Cgroup, own_cgroup
+from bay0.sys.libc import close_range
+from bay0.sys.seccomp import LoadableFilter, build_filter
+from bay0.sys.seccomp_profiles import PROFILES
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+SIOCSIFFLAGS = 0x8914
+IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_CHILD_FLAGS = ns.PERSONA_NAMESPACES
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A declared bind mount: ``source`` (relative to /persist) onto ``target`` in the persona.
+
+    Same fields as ``bay0.formats.inventory.Mount``, which is accepted wherever this is.
+    """
+
+    source: str
+    target: str
+    rw: bool = False
+    exec: bool = False
+
+
+@dataclass(frozen=True)
+class PersonaSpec:
+    """Everything the launcher needs; validated by ``validate()`` before any side effect.
+
+    ``network`` is None (own netns, loopback only) or a ``bay0.formats.inventory.Network``;
+    ``ceilings`` a ``cgroup.Ceilings`` or the inventory's ``Ceilings``; ``binds`` are
+    ``Bind`` or inventory ``Mount`` objects.
+    """
+
+    name: str
+    root: str
+    argv: tuple[str, ...]
+    uid: int
+    gid: int
+    env: Mapping[str, str] = field(default_factory=dict)
+    binds: tuple[Any, ...] = ()
+    ceilings: Ceilings | Any | None = None
+    network: Any = None
+    seccomp: str = "default"
+    cwd: str = "/"
+    persist: str = "/persist"
+    cgroup_parent: str | None = None
+    nofile: int = 1024
+    nproc: int = 4096
+
+    def validate(self) -> None:
+        """Raise ``SandboxError`` (step ``spec``) for anything the sandbox must not attempt."""
+        problems = []
+        if not NAME_RE.match(self.name):
+            problems.append(f"persona name {self.name!r} is not a lowercase hostname label")
+        if self.uid <= 0 or self.gid <= 0:
+            problems.append("uid and gid must be unprivileged (non-zero)")
+        if not self.argv or not self.argv[0]:
+            problems.append("argv is empty")
+        if self.seccomp not in PROFILES:
+            problems.append(f"unknown seccomp profile {self.seccomp!r} (known: {', '.join(PROFILES)})")
+        if not os.path.isabs(self.root) or not os.path.isabs(self.persist):
+            problems.append("root and persist must be absolute paths")
+        for b in self.binds:
+            parts = b.source.split("/")
+            if b.source.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                problems.append(f"bind source {b.source!r} must be a plain path inside {self.persist}")
+            target = os.path.normpath(b.target)
+            if not b.target.startswith("/") or target == "/" or any(
+                    target == r or target.startswith(r + "/") for r in RESERVED_TARGETS):
+                problems.append(f"bind target {b.target!r} must be an absolute path outside /, /proc, /dev, /sys")
+        if problems:
+            raise SandboxError(problems[0], "fix the persona's entry in the inventory", step="spec")
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How the persona's command ended: ``code`` or ``signal`` (one of them is None)."""
+
+    code: int | None
+    signal: int | None
+
+    @classmethod
+    def from_wait(cls, status: int) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            return cls(None, os.WTERMSIG(status))
+        return cls(os.WEXITSTATUS(status), None)
+
+
+@dataclass
+class _Plan:
+    """Values computed before the fork so the child does only system calls."""
+
+    spec: PersonaSpec
+    root: bytes
+    persist: bytes
+    binds: list[tuple[bytes, bytes, bool, bool]]
+    argv: list[bytes]
+    env: dict[bytes, bytes]
+    program: bytes
+    filter: LoadableFilter
+    last_cap: int
+    cgroup_fd: int
+    sync_fd: int
+    sync_w: int
+    report_fd: int
+    stdio: tuple[int, int, int]
+    sigdef: set[int]
+    join_cgroup: bool = False
+
+
+class Persona:
+    """A running persona: host pid of its PID 1, its cgroup, wait/kill."""
+
+    def __init__(self, name: str, pid: int, pidfd: int, child_pid: int, cgroup: Cgroup,
+                 report_fd: int, networked: bool = False) -> None:
+        self.name = name
+        self.networked = networked
+        self.pid = pid
+        self.child_pid = child_pid
+        self.cgroup = cgroup
+        self._report_fd = report_fd
+        self._pidfd = pidfd if pidfd >= 0 else os.pidfd_open(pid)
+        self.status: ExitStatus | None = None
+
+    def wait(self, timeout: float | None = None) -> ExitStatus:
+        """Wait for the command to end; raises ``TimeoutError`` after ``timeout`` seconds."""
+        if self.status is not None:
+            return self.status
+        if timeout is not None and not select.select([self._pidfd], [], [], timeout)[0]:
+            raise TimeoutError(f"persona {self.name} still running after {timeout}s")
+        _, status = os.waitpid(self.pid, 0)
+        record = _read_record(self._report_fd)
+        if record and record[0] == "X":
+            self.status = ExitStatus.from_wait(record[1])
+        else:  # PID 1 itself was killed (cgroup.kill): the whole namespace went with it
+            self.status = ExitStatus.from_wait(status)
+        os.close(self._report_fd)
+        os.close(self._pidfd)
+        return self.status
+
+    def kill(self) -> None:
+        """SIGKILL everything in the persona's cgroup; raises ``CgroupError``."""
+        self.cgroup.kill()
+
+    def running(self) -> bool:
+        """Whether the persona's PID 1 is still alive."""
+        return self.status is None and bool(select.select([self._pidfd], [], [], 0)[0]) is False
+
+    def close(self) -> ExitStatus:
+        """Kill if still running, reap, and remove the cgroup; raises ``CgroupError``."""
+        if self.status is None:
+            if self.running():
+                self.kill()
+            self.wait()
+        self.cgroup.remove()
+        if self.networked:
+            netns.teardown(self.name)
+        return self.status  # type: ignore[return-value]
+
+
+def launch(spec: PersonaSpec, *, stdin: int | None = None, stdout: int | None = None,
+           stderr: int | None = None) -> Persona:
+    """Start ``spec`` in its sandbox; stdio fds default to /dev/null.
+
+    Raises ``SandboxError`` (with ``.step``) for a bad spec or a failed setup step and
+    ``CgroupError`` when the cgroup cannot be made; nothing is left behind on failure.
+    """
+    spec.validate()
+    if ns.thread_count() != 1:
+        raise SandboxError("cannot launch a persona from a threaded process", "launch from bay0's main thread", step="fork")
+    parent = Path(spec.cgroup_parent) if spec.cgroup_parent else own_cgroup()
+    group = Cgroup.create(parent, spec.name, spec.ceilings)
+    opened: list[int] = []
+    try:
+        plan = _prepare(spec, group, (stdin, stdout, stderr), opened)
+        pid, pidfd = _clone(plan, opened)
+    except BaseException:
+        _close_all(opened)
+        group.remove()
+        raise
+    if pid == 0:
+        _child(plan)  # never returns
+    keep = (opened[0], plan.sync_w)
+    _close_all([fd for fd in opened if fd not in keep])
+    return _finish_launch(spec, plan, pid, pidfd, group, opened[0])
+
+
+def _finish_launch(spec: PersonaSpec, plan: _Plan, pid: int, pidfd: int, group: Cgroup,
+                   report_r: int) -> Persona:
+    """Parent side after clone: host networking, then the child's first report."""
+    failure: BaseException | None = None
+    if plan.sync_w >= 0:
+        try:
+            netns.setup_host_side(spec.name, pid, spec.network)
+            os.write(plan.sync_w, b"g")
+        except BaseException as e:  # the child sees EOF and stops; report this instead
+            failure = e
+        os.close(plan.sync_w)
+    record = _read_record(report_r)
+    if record and record[0] == "R" and failure is None:
+        return Persona(spec.name, pid, pidfd, record[1], group, report_r, spec.network is not None)
+    if pidfd >= 0:
+        os.close(pidfd)
+    if failure is not None:
+        group.kill()
+    _, status = os.waitpid(pid, 0)
+    os.close(report_r)
+    group.remove()
+    if spec.network is not None:
+        netns.teardown(spec.name)
+    if failure is not None:
+        raise failure
+    if record and record[0] == "E":
+        _, err, step, message = record
+        raise SandboxError(f"persona {spec.name}: {step} failed: {message}",
+                           _hint_for(step, err), step=step, errno=err)
+    raise SandboxError(f"persona {spec.name}: sandbox died during setup ({_describe(status)})",
+                       "see the kernel log (a seccomp kill is logged by audit)", step="setup")
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _hint_for(step: str, err: int) -> str:
+    if step.startswith("bind") and err == errno_mod.ELOOP:
+        return "bind sources must not be or pass through symlinks; remove the link in /persist"
+    if step.startswith("bind") and err == errno_mod.ENOENT:
+        return "create the bind source under /persist and the target directory in the image"
+    if step == "exec":
+        return "the command must exist in the image and be executable by the persona's uid"
+    return "see docs/implementation/sandbox.md for what this step needs"
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+def _prepare(spec: PersonaSpec, group: Cgroup, stdio: tuple[int | None, ...], opened: list[int]) -> _Plan:
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    opened += [report_r, report_w]
+    fds = []
+    for fd in stdio:
+        if fd is None:
+            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            opened.append(fd)
+        fds.append(fd)
+    cgroup_fd = group.open_dir()
+    opened.append(cgroup_fd)
+    sync_r = sync_w = -1
+    if spec.network is not None:
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        opened += [sync_r, sync_w]
+    program = build_filter(spec.seccomp, spec.network is not None)
+    return _Plan(
+        spec=spec, root=os.fsencode(spec.root), persist=os.fsencode(spec.persist),
+        binds=[(os.fsencode(b.source), os.fsencode(b.target), b.rw, b.exec) for b in spec.binds],
+        argv=[os.fsencode(a) for a in spec.argv],
+        env={os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()},
+        program=program, filter=_filter(program), last_cap=_last_cap(),
+        cgroup_fd=cgroup_fd, sync_fd=sync_r, sync_w=sync_w, report_fd=report_w, stdio=(fds[0], fds[1], fds[2]),
+        sigdef=_sigdef(),
+    )
+
+
+_FILTERS: dict[bytes, LoadableFilter] = {}
+_CACHE: dict[str, object] = {}
+
+
+def _clone(plan: _Plan, opened: list[int]) -> tuple[int, int]:
+    """clone3 straight into the cgroup; on kernels without it, clone and join from inside."""
+    if not _CACHE.get("no_clone3"):
+        try:
+            return ns.clone_into_cgroup(_CHILD_FLAGS | ns.CLONE_NEWCGROUP, plan.cgroup_fd)
+        except OSError as e:
+            if e.errno not in (errno_mod.ENOSYS, errno_mod.EPERM):
+                raise
+            _CACHE["no_clone3"] = True
+    plan.join_cgroup = True
+    plan.cgroup_fd = os.open(b"cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=plan.cgroup_fd)
+    opened.append(plan.cgroup_fd)
+    return ns.clone_process(_CHILD_FLAGS), -1
+
+
+def _filter(program: bytes) -> LoadableFilter:
+    if program not in _FILTERS:
+        _FILTERS[program] = LoadableFilter(program)
+    return _FILTERS[program]
+
+
+def _last_cap() -> int:
+    if "last_cap" not in _CACHE:
+        _CACHE["last_cap"] = caps.last_cap()
+    return _CACHE["last_cap"]  # type: ignore[return-value]
+
+
+def _sigdef() -> set[int]:
+    return {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
+
+
+# ---- parent <-> child report records ---------------------------------------------
+
+def _read_record(fd: int) -> tuple | None:
+    head = _read_exact(fd, 5)
+    if len(head) < 5:
+        return None
+    kind, value = head[:1].decode(), struct.unpack("<i", head[1:])[0]
+    if kind != "E":
+        return (kind, value)
+    size = struct.unpack("<H", _read_exact(fd, 2))[0]
+    step, _, message = _read_exact(fd, size).decode(errors="replace").partition("\0")
+    return ("E", value, step, message)
+
+
+def _read_exact(fd: int, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# ---- the child: PID 1 of the persona ---------------------------------------------
+
+class _Step:
+    name = "start"
+
+
+def _child(plan: _Plan) -> None:
+    """Set up the sandbox, spawn the command, reap, exit. Never returns."""
+    step = _Step()
+    try:
+        code = _child_main(plan, step)
+    except BaseException as e:  # report every failure as (step, errno, message)
+        err = getattr(e, "errno", None) or 0
+        text = f"{step.name}\0{e.strerror if isinstance(e, OSError) and e.strerror else e}".encode()[:1000]
+        try:
+            os.write(plan.report_fd, b"E" + struct.pack("<iH", err, len(text)) + text)
+        finally:
+            os._exit(127)
+    os._exit(code)
+
+
+def _child_main(plan: _Plan, step: _Step) -> int:
+    spec = plan.spec
+    step.name = "signals"
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    signal.set_wakeup_fd(-1)
+    if plan.join_cgroup:  # no clone3: move in, then root a cgroup namespace here
+        step.name = "cgroup"
+        os.write(plan.cgroup_fd, b"0")
+        ns.unshare(ns.CLONE_NEWCGROUP)
+    if plan.sync_fd >= 0:  # veth: wait for bay0 to move our end in, then configure it
+        step.name = "network"
+        os.close(plan.sync_w)
+        if os.read(plan.sync_fd, 1) != b"g":
+            raise OSError(errno_mod.ECANCELED, "bay0 could not set up the host side")
+        netns.configure_inside(spec.network)
+    _build_root(plan, step)
+    step.name = "hostname"
+    socket.sethostname(spec.name)
+    step.name = "loopback"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP_LOOPBACK_RUNNING))
+    step.name = "rlimits"
+    for limit, value in ((resource.RLIMIT_NOFILE, spec.nofile), (resource.RLIMIT_NPROC, spec.nproc),
+                         (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(limit, (value, value))
+    step.name = "setsid"
+    os.setsid()
+    step.name = "fds"
+    _arrange_fds(plan)
+    _drop_privileges(plan, step)
+    step.name = "chdir"
+    os.chdir(spec.cwd)
+    os.umask(0o077)
+    step.name = "exec"
+    return _spawn_and_reap(plan, _resolve(plan))
+
+
+def _build_root(plan: _Plan, step: _Step) -> None:
+    root = plan.root
+    step.name = "mount-private"
+    rootfs.make_private()
+    step.name = "root-bind"
+    rootfs.bind_root(root)
+    os.umask(0)
+    step.name = "dev"
+    rootfs.setup_dev(root + b"/dev")
+    step.name = "proc"
+    rootfs.setup_proc(root + b"/proc", root + b"/dev/null")
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    for source, target, rw, exec_ in plan.binds:
+        step.name = f"bind {target.decode(errors='replace')}"
+        rootfs.bind(root_fd, plan.persist, source, target, rw, exec_)
+    os.close(root_fd)
+    step.name = "pivot-root"
+    rootfs.pivot(root)
+    step.name = "root-readonly"
+    rootfs.seal_root()
+
+
+def _arrange_fds(plan: _Plan) -> None:
+    """stdio onto 0-2, the report pipe onto 3 (close-on-exec), everything else closed."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (*plan.stdio, plan.report_fd)]
+    for target, fd in enumerate(high[:3]):
+        os.dup2(fd, target, inheritable=True)
+    os.dup2(high[3], 3, inheritable=False)
+    plan.report_fd = 3
+    close_range(4)
+
+
+def _drop_privileges(plan: _Plan, step: _Step) -> None:
+    spec = plan.spec
+    step.name = "bounding-set"
+    caps.drop_bounding_set(plan.last_cap)
+    caps.clear_ambient()
+    step.name = "securebits"
+    caps.lock_securebits()
+    step.name = "ids"
+    caps.switch_ids(spec.uid, spec.gid)
+    step.name = "capabilities"
+    caps.clear_capabilities()
+    caps.set_dumpable(False)
+    step.name = "no-new-privs"
+    caps.set_no_new_privs()
+    step.name = "seccomp"
+    plan.filter.load()
+
+
+def _resolve(plan: _Plan) -> bytes:
+    program = plan.argv[0]
+    if b"/" in program:
+        return program
+    for directory in plan.env.get(b"PATH", b"/usr/sbin:/usr/bin:/sbin:/bin").split(b":"):
+        candidate = directory + b"/" + program
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(errno_mod.ENOENT, f"{program.decode(errors='replace')} not found in PATH")
+
+
+def _spawn_and_reap(plan: _Plan, path: bytes) -> int:
+    child = [0]
+
+    def forward(signum: int, _frame: object) -> None:
+        if child[0]:
+            os.kill(child[0], signum)
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    child[0] = os.posix_spawn(path, plan.argv, plan.env, setsid=True, setsigmask=(),
+                              setsigdef=plan.sigdef)
+    os.write(plan.report_fd, b"R" + struct.pack("<i", child[0]))
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 127
+        if pid == child[0]:
+            os.write(plan.report_fd, b"X" + struct.pack("<i", status))
+            if os.WIFSIGNALED(status):
+                return 128 + os.WTERMSIG(status)
+            return os.WEXITSTATUS(status)
+
+
+def spec_from_inventory(persona: Any, root: str, **overrides: Any) -> PersonaSpec:
+    """A ``PersonaSpec`` for an inventory ``Persona`` whose image is mounted at ``root``."""
+    values: dict[str, Any] = dict(
+        name=persona.name, root=root, argv=tuple(persona.command), uid=persona.uid,
+        gid=persona.gid, env=dict(persona.environment), binds=tuple(persona.mounts),
+        ceilings=persona.ceilings, network=persona.network, seccomp=persona.seccomp,
+    )
+    values.update(overrides)
+    return PersonaSpec(**values)
