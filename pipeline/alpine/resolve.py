@@ -36,6 +36,7 @@ class _State:
         self.chosen: dict[str, Package] = {}       # package name -> package
         self.why: dict[str, str] = {}              # package name -> who pulled it in
         self.repo_rank = {id(r): n for n, r in enumerate(repos.repositories)}
+        self.world_conflicts: list[Dependency] = []
 
     def offers(self, pkg: Package, name: str) -> list[str | None]:
         """Versions under which ``pkg`` offers ``name`` (its own version, or provides)."""
@@ -94,6 +95,7 @@ def resolve(repos, atoms: list[str]) -> list[Package]:
     """Resolve world atoms; see the module docstring. Returns packages in install order."""
     state = _State(repos)
     world = [parse_dependency(a) for a in atoms]
+    state.world_conflicts = [d for d in world if d.conflict]
     for dep in world:
         if not dep.conflict and dep.name not in repos.by_name and dep.name not in repos.providers:
             raise UnknownPackageError(f"unknown package {dep.name!r}: no repository has it")
@@ -146,6 +148,9 @@ def _clash(state: _State, pkg: Package):
     same = state.chosen.get(pkg.name)
     if same is not None and same.checksum != pkg.checksum:
         return same.nv, f"only one {pkg.name} can be installed"
+    for dep in state.world_conflicts:
+        if state.satisfies(pkg, dep):
+            return "the recipe", str(dep)
     for other in state.chosen.values():
         for dep in other.depends:
             if dep.conflict and state.satisfies(pkg, dep):
