@@ -103,6 +103,7 @@ def test_decode_rejects(name: str) -> None:
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(root_hash="", priority=1), "empty slot"),
+    (dict(root_hash=None), "strings"),
     (dict(root_hash=H1, version=""), "version"),
     (dict(root_hash=H1, version="v", data_size=0), "data_size"),
     (dict(root_hash=H1, version="v", data_size=4096, hash_offset=4096, priority=16), "priority"),

@@ -62,7 +62,8 @@ class Slot:
     def __post_init__(self) -> None:
         problem = _slot_problem(self)
         if problem:
-            raise ValidationError(f"boot-control slot: {problem}", _REPROVISION)
+            raise ValidationError(f"boot-control slot: {problem}",
+                                  "take the slot's values from a verified Spine manifest")
 
     @property
     def empty(self) -> bool:
@@ -87,6 +88,8 @@ class Slot:
 
 
 def _slot_problem(s: Slot) -> str | None:
+    if not all(isinstance(v, str) for v in (s.version, s.root_hash, s.salt)):
+        return "version, root_hash and salt must be strings"
     if s.empty:
         rest = (s.version, s.salt, s.data_size, s.hash_offset, s.priority, s.tries_left, s.good)
         if rest != ("", "", 0, 0, 0, 0, False) or not isinstance(s.good, bool):
