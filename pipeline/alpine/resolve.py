@@ -117,7 +117,7 @@ def _drain(state: _State, queue: list[tuple[Dependency, str]]) -> None:
             continue
         if state.satisfied(dep):
             continue
-        pkg = _choose(state, dep, who)
+        pkg = _choose(state, dep, who, [d for d, _ in queue if d.name == dep.name])
         state.chosen[pkg.name] = pkg
         state.why[pkg.name] = who
         for conflict in (d for d in pkg.depends if d.conflict):
@@ -125,8 +125,13 @@ def _drain(state: _State, queue: list[tuple[Dependency, str]]) -> None:
         queue.extend((d, pkg.nv) for d in pkg.depends)
 
 
-def _choose(state: _State, dep: Dependency, who: str) -> Package:
+def _choose(state: _State, dep: Dependency, who: str, pending: list[Dependency]) -> Package:
     candidates = state.candidates(dep)
+    # Prefer a candidate that also meets the requests on this name still waiting
+    # in the queue (``foo>1 foo<=2``), so a greedy pick does not paint us into a corner.
+    agreeing = [p for p in candidates
+                if all(state.satisfies(p, d) != d.conflict for d in pending)]
+    candidates = agreeing or candidates
     requirer = "the recipe" if who == "world" else who
     if not candidates:
         offered = [p.nv for p in state.repos.by_name.get(dep.name, [])]
