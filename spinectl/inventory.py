@@ -42,6 +42,7 @@ from bay0.formats.inventory import (
     Persona,
     Restart,
     Shell,
+    User,
     check_identity,
     context,
     parse_inventory,
@@ -51,6 +52,7 @@ from spinectl.keys import signature_path, signing_time
 
 DAY = 86_400
 DEFAULT_EXPIRES_DAYS = 90
+DEFAULT_UID = 1000
 NEW_SUFFIX = ".new"
 
 
@@ -486,12 +488,13 @@ def options_to_persona(o: PersonaOptions, old: Persona | None) -> Persona:
             raise UsageError(f"persona {o.name}: --command is required", 'e.g. --command "/bin/app"')
         ceilings = ceilings_from_options(
             o.cpu, o.memory, o.pids, old.ceilings if old else None, "ceilings")
-        uid, gid = parse_user(o.user) if o.user else (old.uid, old.gid) if old else (1000, 1000)
+        user = (User(*parse_user(o.user)) if o.user else old.user if old
+                else User(DEFAULT_UID, DEFAULT_UID))
         values = {
             "image": image_record(o.image) if o.image is not None else old.image,
             "ceilings": ceilings,
             "command": tuple(shlex.split(o.command)) if o.command is not None else old.command,
-            "uid": uid, "gid": gid,
+            "user": user,
             "network": _network(o, old.network if old else None),
             "seccomp": o.seccomp or (old.seccomp if old else "default"),
             "mounts": (tuple(_mounts(o.mounts)) if o.mounts is not None

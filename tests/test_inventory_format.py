@@ -164,6 +164,9 @@ def test_unknown_fields_of_a_known_major_are_kept() -> None:
     doc["personas"][0]["healthcheck"] = ["/bin/true"]
     doc["personas"][0]["ceilings"]["io_max"] = "8:0 rbps=1"
     doc["personas"][0]["mounts"][0]["idmap"] = True
+    doc["personas"][0]["user"]["groups"] = [10, 20]
+    doc["personas"][0]["network"]["egress"][0]["log"] = True
+    doc["personas"][0]["restart"]["window"] = 60
     doc["shells"][0]["weight"] = 100
     parsed = inv.Inventory.from_dict(doc)
     assert parsed.extra == {"rollout": {"wave": 2}}

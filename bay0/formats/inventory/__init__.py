@@ -41,14 +41,14 @@ from bay0.formats.inventory.fields import (
     check_mount_target,
     parse_cpu_max,
 )
-from bay0.formats.inventory.persona import Persona, Restart, Shell
+from bay0.formats.inventory.persona import Persona, Restart, Shell, User
 from bay0.formats.inventory.verify import check_identity, verify_inventory, verify_signed
 
 __all__ = [
     "BLOCK", "CPU_PERIOD_DEFAULT", "EGRESS_PROTOCOLS", "FORMAT", "FORMAT_MAJOR",
     "IDENTITY_FIELDS", "MAX_DOCUMENT_BYTES", "O1_IDENTITY_FIELDS", "RESERVED_PERSIST_DIRS",
     "RESERVED_TARGETS", "RESTART_POLICIES", "SECCOMP_PROFILES", "Ceilings", "EgressRule",
-    "ImageRecord", "Inventory", "Mount", "Network", "Persona", "Restart", "Shell",
+    "ImageRecord", "Inventory", "Mount", "Network", "Persona", "Restart", "Shell", "User",
     "check_format", "check_identity", "check_mount_source", "check_mount_target", "context",
     "parse_cpu_max", "parse_inventory", "verify_inventory", "verify_signed",
 ]

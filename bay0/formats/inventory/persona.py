@@ -52,6 +52,27 @@ class Restart:
         return _with_extra(self.extra, known)
 
 
+@dataclass(frozen=True)
+class User:
+    """The unprivileged uid/gid the persona runs as (never 0, never (uid_t)-1)."""
+
+    uid: int
+    gid: int
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        _int(self.uid, "user.uid", 1, ID_MAX)
+        _int(self.gid, "user.gid", 1, ID_MAX)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> User:
+        known, extra = _split(data, "user", ("uid", "gid"))
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _with_extra(self.extra, {"uid": self.uid, "gid": self.gid})
+
+
 def _check_command(command: Any) -> None:
     if not isinstance(command, tuple) or not command:
         _fail("command", "must be a non-empty argv list", "pass --command \"/path/to/prog args\"")
@@ -85,8 +106,7 @@ class Persona:
     image: ImageRecord
     ceilings: Ceilings
     command: tuple[str, ...]
-    uid: int
-    gid: int
+    user: User
     network: Network | None = None  # None = "none": own netns with loopback only
     seccomp: str = "default"
     mounts: tuple[Mount, ...] = ()
@@ -104,14 +124,13 @@ class Persona:
             self._check_fields()
 
     def _check_fields(self) -> None:
-        for attr, cls in (("image", ImageRecord), ("ceilings", Ceilings), ("restart", Restart)):
+        for attr, cls in (("image", ImageRecord), ("ceilings", Ceilings), ("restart", Restart),
+                          ("user", User)):
             if not isinstance(getattr(self, attr), cls):
                 _fail(attr, f"must be a {cls.__name__}")
         if self.network is not None and not isinstance(self.network, Network):
             _fail("network", "must be a Network or None (\"none\")")
         _check_command(self.command)
-        _int(self.uid, "user.uid", 1, ID_MAX)
-        _int(self.gid, "user.gid", 1, ID_MAX)
         if self.seccomp not in SECCOMP_PROFILES:
             _fail("seccomp", f"unknown profile {self.seccomp!r}",
                   f"use one of: {', '.join(SECCOMP_PROFILES)}")
@@ -135,18 +154,18 @@ class Persona:
         known, extra = _split(data, where, required, ("mounts", "environment", "shell", "purge"))
         name = _str(known["name"], f"{where}: name", NAME_RE, "a name (a-z, 0-9, '-')")
         with context(f"persona {name}"):
-            user, _ = _split(known["user"], "user", ("uid", "gid"))
             mounts = _list(known.get("mounts", []), "mounts")
             command = _list(known["command"], "command")
             values = {
                 "image": ImageRecord.from_dict(known["image"]),
+                "user": User.from_dict(known["user"]),
                 "ceilings": Ceilings.from_dict(known["ceilings"]),
                 "network": Network.from_value(known["network"]),
                 "restart": Restart.from_dict(known["restart"]),
                 "mounts": tuple(Mount.from_dict(m, f"mounts[{i}]") for i, m in enumerate(mounts)),
             }
         return cls(
-            name=name, command=tuple(command), uid=user["uid"], gid=user["gid"],
+            name=name, command=tuple(command),
             seccomp=known["seccomp"], environment=known.get("environment", {}),
             shell=known.get("shell"), purge=known.get("purge", 0), extra=extra, **values,
         )
@@ -157,7 +176,7 @@ class Persona:
             "image": self.image.to_dict(),
             "ceilings": self.ceilings.to_dict(),
             "command": list(self.command),
-            "user": {"uid": self.uid, "gid": self.gid},
+            "user": self.user.to_dict(),
             "network": "none" if self.network is None else self.network.to_dict(),
             "seccomp": self.seccomp,
             "mounts": [m.to_dict() for m in self.mounts],
