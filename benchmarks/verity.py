@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import os
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -54,25 +55,34 @@ def tree_digest(path: Path, size: int) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def time_ours(path: Path, size: int) -> tuple[float, str, str]:
+def cpu_seconds() -> float:
+    """User + system time of this process and its reaped children (workers, veritysetup)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def time_ours(path: Path, size: int) -> tuple[float, float, str, str]:
     reset(path, size)
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     params = append_tree(path, salt=SALT, uuid=UUID)
-    elapsed = time.perf_counter() - start
-    return elapsed, params.root_hash, tree_digest(path, size)
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    return elapsed, cpu, params.root_hash, tree_digest(path, size)
 
 
-def time_veritysetup(path: Path, size: int) -> tuple[float, str, str]:
+def time_veritysetup(path: Path, size: int) -> tuple[float, float, str, str]:
     reset(path, size)
     argv = ["veritysetup", "format", path, path, f"--hash-offset={size}"]
     argv += [f"--salt={SALT.hex()}", f"--uuid={UUID}"]
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(), time.perf_counter()
     out = run(argv).stdout.decode()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     match = re.search(r"^Root hash:\s*([0-9a-f]{64})", out, re.M)
     if match is None:
         sys.exit(f"cannot find the root hash in veritysetup's output:\n{out}")
-    return elapsed, match.group(1), tree_digest(path, size)
+    return elapsed, cpu, match.group(1), tree_digest(path, size)
 
 
 def main() -> int:
@@ -89,19 +99,30 @@ def main() -> int:
         make_data(path, size)
         time_veritysetup(path, size)  # warm-up: page cache, libraries, worker start
         time_ours(path, size)
-        ours, theirs = [], []
+        ours, theirs, cpu_ours, cpu_vs = [], [], [], []
         for i in range(args.runs):
             pair = (time_ours, time_veritysetup) if i % 2 == 0 else (time_veritysetup, time_ours)
             results = {fn: fn(path, size) for fn in pair}
-            (t_ours, root_ours, tree_ours) = results[time_ours]
-            (t_vs, root_vs, tree_vs) = results[time_veritysetup]
+            (t_ours, c_ours, root_ours, tree_ours) = results[time_ours]
+            (t_vs, c_vs, root_vs, tree_vs) = results[time_veritysetup]
             if (root_ours, tree_ours) != (root_vs, tree_vs):
                 sys.exit(f"run {i + 1}: MISMATCH root {root_ours} vs {root_vs}")
             ours.append(t_ours)
             theirs.append(t_vs)
-            print(f"run {i + 1}: ours {t_ours:.3f} s  veritysetup {t_vs:.3f} s  root {root_ours}")
+            cpu_ours.append(c_ours)
+            cpu_vs.append(c_vs)
+            print(
+                f"run {i + 1}: ours {t_ours:.3f} s ({c_ours:.2f} cpu-s)  "
+                f"veritysetup {t_vs:.3f} s ({c_vs:.2f} cpu-s)  load {os.getloadavg()[0]:.2f}  "
+                f"root {root_ours[:16]}… equal"
+            )
     m_ours, m_vs = statistics.median(ours), statistics.median(theirs)
     print(f"{args.size_mib} MiB, {len(os.sched_getaffinity(0))} cores, {args.runs} runs")
+    print(
+        f"median cpu-s: ours {statistics.median(cpu_ours):.2f}  "
+        f"veritysetup {statistics.median(cpu_vs):.2f} (wall time is what counts; cpu-s "
+        "shows how much other load on the machine can erase the parallel gain)"
+    )
     print(
         f"median: ours {m_ours:.3f} s ({args.size_mib / m_ours:.0f} MiB/s)  "
         f"veritysetup {m_vs:.3f} s ({args.size_mib / m_vs:.0f} MiB/s)"

@@ -19,6 +19,7 @@ import uuid as uuid_module
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from pathlib import Path
 
 from bay0.errors import CorruptionError, DiskError, FormatError, NotFoundError
@@ -98,18 +99,24 @@ def verify_image(
     area = _read_area(path, offset + params.hash_offset, geometry.area_size)
     _check_superblock(path, area[:BLOCK_SIZE], params, offset)
     expected = _verified_level0(path, area, geometry, params, offset)
-    for start, digests in _data_digests(path, offset, params.data_size, salt, progress):
-        first = start // BLOCK_SIZE
-        bad = first_mismatch(
-            digests, expected[first * DIGEST_SIZE : first * DIGEST_SIZE + len(digests)]
+    # closing(): on the first bad block, stop the workers now rather than at garbage collection.
+    with closing(_data_digests(path, offset, params.data_size, salt, progress)) as chunks:
+        for start, digests in chunks:
+            _check_data(path, expected, start, digests, offset)
+
+
+def _check_data(path: Path, expected: memoryview, start: int, digests: bytes, offset: int) -> None:
+    first = start // BLOCK_SIZE
+    bad = first_mismatch(
+        digests, expected[first * DIGEST_SIZE : first * DIGEST_SIZE + len(digests)]
+    )
+    if bad is not None:
+        block = first + bad
+        raise CorruptionError(
+            f"{path}: data block {block} (byte {offset + block * BLOCK_SIZE}) "
+            "does not match its verity hash",
+            CORRUPT_HINT,
         )
-        if bad is not None:
-            block = first + bad
-            where = offset + block * BLOCK_SIZE
-            raise CorruptionError(
-                f"{path}: data block {block} (byte {where}) does not match its verity hash",
-                CORRUPT_HINT,
-            )
 
 
 def read_superblock(path: PathLike, hash_offset: int, *, offset: int = 0) -> VerityParams:
@@ -292,15 +299,17 @@ def _check_superblock(path: Path, block: memoryview, params: VerityParams, offse
 
 
 def _read_area(path: Path, pos: int, size: int) -> memoryview:
+    truncated = CorruptionError(
+        f"{path}: image is truncated, the verity tree ends at byte {pos + size}", CORRUPT_HINT
+    )
     with _open(path, os.O_RDONLY) as fd:
-        view = memoryview(bytearray(size))
         try:
+            if os.lseek(fd, 0, os.SEEK_END) < pos + size:  # before allocating `size` bytes
+                raise truncated
+            view = memoryview(bytearray(size))
             _read_into(fd, view, pos)
         except EOFError as e:
-            raise CorruptionError(
-                f"{path}: image is truncated, the verity tree ends at byte {pos + size}",
-                CORRUPT_HINT,
-            ) from e
+            raise truncated from e
         except OSError as e:
             raise _os_error(path, e, "read") from e
     return view
