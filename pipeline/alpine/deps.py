@@ -7,6 +7,7 @@ conflict. A ``provides`` entry is ``name`` or ``name=version``.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -70,8 +71,13 @@ class Dependency:
         return text + (self.op + (self.version or "") if self.op else "")
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_dependency(text: str) -> Dependency:
-    """Parse one atom; raises ``FormatError`` when it is not one."""
+    """Parse one atom; raises ``FormatError`` when it is not one.
+
+    Cached: an index repeats the same atoms (``so:libc.musl-x86_64.so.1``)
+    thousands of times, and Dependency is immutable.
+    """
     match = _ATOM.match(text.strip())
     if not match or (match["op"] and match["op"] not in _OP_MASKS):
         raise FormatError(f"bad apk dependency {text!r}", "expected [!]name[op version]")
@@ -81,6 +87,7 @@ def parse_dependency(text: str) -> Dependency:
     return Dependency(match["name"], op, match["ver"], bool(match["neg"]))
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_dependencies(text: str) -> tuple[Dependency, ...]:
     """Parse a space separated list (a D:/p:/i:/r: value)."""
     return tuple(parse_dependency(atom) for atom in text.split())
@@ -97,6 +104,7 @@ class Provide:
         return self.name if self.version is None else f"{self.name}={self.version}"
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_provides(text: str) -> tuple[Provide, ...]:
     """Parse a p: value; raises ``FormatError`` on an operator other than ``=``."""
     result = []
