@@ -132,6 +132,23 @@ def test_busybox_applets_are_linked_and_run(installed):
     assert ("chrony", ".pre-install") in result.skipped_scripts
 
 
+def test_bbsuid_takes_its_applets(installed):
+    """busybox-suid's trigger runs ``bbsuid --install`` before ``busybox --install -s``."""
+    root, result, _packages = installed
+    assert os.readlink(root / "bin/su") == "/bin/bbsuid"
+    assert os.readlink(root / "usr/bin/passwd") == "/bin/bbsuid"
+    assert os.readlink(root / "bin/cat") == "/bin/busybox"
+
+
+def test_manifest_records(installed):
+    _root, result, packages = installed
+    records = result.manifest()
+    assert [r["name"] for r in records] == sorted(p.name for p in packages)
+    musl = next(r for r in records if r["name"] == "musl")
+    assert musl == {"name": "musl", "version": "1.2.4_git20230717-r4", "arch": "x86_64",
+                    "checksum": next(p.checksum for p in packages if p.name == "musl")}
+
+
 def test_mtimes_are_clamped(installed):
     root, _result, _packages = installed
     assert max(entry[4] for entry in BEFORE_APK_RAN[root]) <= EPOCH
@@ -174,6 +191,22 @@ def fake(name: str, files: dict[str, bytes], *, sha1_override: str | None = None
         pkginfo["replaces"] = [replaces]
     pkg = Package(name, "1-r0", checksum=f"Q1{name}")
     return pkg, VerifiedApk(pkg.checksum, "k", pkginfo, {}, tar_bytes(entries))
+
+
+def test_xattrs_are_applied(tmp_path):
+    pkg, verified = fake("caps", {"usr/bin/tool": b"x"})
+    with tarfile.open(fileobj=io.BytesIO(verified.data_tar)) as tar:
+        info = tar.next()
+    info.pax_headers = {**info.pax_headers, "SCHILY.xattr.user.spine": "yes"}
+    data = tar_bytes([(info, b"x")])
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except OSError:
+        pytest.skip("this filesystem has no user xattrs")
+    _Installer(tmp_path, None).extract(pkg, VerifiedApk(pkg.checksum, "k", verified.pkginfo, {}, data))
+    assert os.getxattr(tmp_path / "usr/bin/tool", "user.spine") == b"yes"
 
 
 def test_a_file_that_fails_its_sha1_is_named(tmp_path):

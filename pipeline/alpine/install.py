@@ -43,6 +43,7 @@ from pipeline.alpine.fsops import (
 from pipeline.alpine.package import Package
 
 PAX_SHA1 = "APK-TOOLS.checksum.SHA1"
+XATTR_PREFIX = "SCHILY.xattr."
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ class InstalledSet:
     skipped_scripts: list[tuple[str, str]] = field(default_factory=list)
     applet_links: list[str] = field(default_factory=list)
     owners_applied: bool = True
+
+    def manifest(self) -> list[dict[str, str]]:
+        """Sorted ``{name, version, arch, checksum}`` records for a signed manifest."""
+        return sorted(({"name": p.name, "version": p.version, "arch": p.arch,
+                        "checksum": p.checksum} for p in self.packages),
+                      key=lambda r: r["name"])
 
 
 def default_epoch() -> int | None:
@@ -108,11 +115,13 @@ class _Installer:
                 remove_nondir(dest)
                 dest.mkdir()
             set_owner_mode_time(dest, uid, gid, mode, None, chown=self.chown)
+            _set_xattrs(dest, member)
             self.dir_times[dest] = self.clamp(member.mtime)
             entry.dir(rel).acl = (uid, gid, mode)
             return
         checksum = self._write(pkg, rel, dest, member, tar)
         set_owner_mode_time(dest, uid, gid, mode, self.clamp(member.mtime), chown=self.chown)
+        _set_xattrs(dest, member)
         self._claim(entry, rel, dirname, base)
         entry.dir(dirname).files.append(db.FileRecord(base, (uid, gid, mode), checksum))
 
@@ -170,6 +179,14 @@ class _Installer:
             os.utime(path, (self.dir_times[path],) * 2, follow_symlinks=False)
 
 
+def _set_xattrs(path: Path, member: tarfile.TarInfo) -> None:
+    """Apply PAX ``SCHILY.xattr.*`` records (file capabilities and the like)."""
+    for key, value in sorted(member.pax_headers.items()):
+        if key.startswith(XATTR_PREFIX):
+            raw = value.encode("utf-8", "surrogateescape")
+            os.setxattr(path, key[len(XATTR_PREFIX):], raw, follow_symlinks=False)
+
+
 def _with_pkginfo(pkg: Package, verified: VerifiedApk) -> Package:
     """The index entry plus what only .PKGINFO carries (APKINDEX v2 lacks r: and q:)."""
     replaces = " ".join(verified.pkginfo.get("replaces", []))
@@ -210,6 +227,9 @@ def install(packages: Sequence[Package], target_root: str | Path, *,
     result = InstalledSet(
         [InstalledPackage(p.name, p.version, p.arch, p.checksum, p.origin) for p in packages],
         owners_applied=installer.chown)
+    names = {e.package.name for e in entries}
+    if "busybox-suid" in names:     # its trigger runs bbsuid before busybox --install
+        result.applet_links += scripts.install_bbsuid_links(root, epoch)
     for entry in entries:
         name = entry.package.name
         if name in scripts.APPLET_LISTS:

@@ -11,6 +11,9 @@ effects that matter are reproduced here, deterministically:
   ``/etc/busybox-paths.d/busybox`` (the applet list busybox ships for this),
   only where nothing exists yet, so real binaries of other packages win — the
   state apk reaches after its triggers run. Same for busybox-extras.
+- busybox-suid's trigger first runs ``bbsuid --install``: each of its applets
+  (a list compiled into bbsuid, copied below from aports' bbsuid.c) becomes a
+  symlink to /bin/bbsuid unless a real file is there.
 - alpine-baselayout's scripts add the ``shadow`` group and make /etc/shadow
   root:shadow 0640; alpine-baselayout-data already ships both, so a fresh
   install needs nothing (checked by a test).
@@ -32,10 +35,15 @@ APPLET_LISTS = {
 # deinstall scripts never run there).
 FRESH_INSTALL = (".pre-install", ".post-install", ".trigger")
 
+# Compiled into /bin/bbsuid (aports main/busybox/bbsuid.c); unchanged since 2012.
+BBSUID_APPLETS = ("/bin/mount", "/bin/umount", "/bin/su", "/usr/bin/crontab", "/usr/bin/passwd",
+                  "/usr/bin/traceroute", "/usr/bin/traceroute6", "/usr/bin/vlock")
+
 # Scripts whose effect is reproduced (or known to be void on a fresh install).
 HANDLED = {
     ("busybox", ".post-install"), ("busybox", ".trigger"),
     ("busybox-extras", ".post-install"), ("busybox-extras", ".trigger"),
+    ("busybox-suid", ".trigger"),
 }
 
 
@@ -56,4 +64,23 @@ def install_applet_links(root: Path, package: str, mtime: int | None) -> list[st
         if mtime is not None:
             os.utime(link, (mtime, mtime), follow_symlinks=False)
         made.append("/" + rel)
+    return made
+
+
+def install_bbsuid_links(root: Path, mtime: int | None) -> list[str]:
+    """``bbsuid --install``: replace a symlink (or nothing) by a link to /bin/bbsuid."""
+    if not (root / "bin/bbsuid").is_file():
+        return []
+    made = []
+    for applet in BBSUID_APPLETS:
+        rel = applet.lstrip("/")
+        link = resolve_dir(root, os.path.dirname(rel)) / os.path.basename(rel)
+        if os.path.lexists(link):
+            if not link.is_symlink():
+                continue
+            link.unlink()
+        os.symlink("/bin/bbsuid", link)
+        if mtime is not None:
+            os.utime(link, (mtime, mtime), follow_symlinks=False)
+        made.append(applet)
     return made
