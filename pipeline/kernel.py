@@ -28,14 +28,15 @@ from pipeline.paths import cache_dir
 from pipeline.run import run
 
 # What /init needs before switch_root, and what bay0 needs later but cannot load itself
-# (the Spine carries no modules). ``crc32c_generic`` is ext4's soft dependency; ``xts`` and
-# ``algif_skcipher`` serve LUKS2's default aes-xts-plain64 (aes itself is built in).
+# (the Spine carries no modules). ``crc32c_generic`` is ext4's soft dependency; ``ecb``, ``xts``
+# and ``algif_skcipher`` serve LUKS2's default aes-xts-plain64 (aes itself is built in).
 BOOT_MODULES = (
     "virtio_pci",
     "virtio_blk",
     "dm-mod",
     "dm-verity",
     "dm-crypt",
+    "ecb",
     "xts",
     "algif_skcipher",
     "squashfs",

@@ -1,0 +1,114 @@
+# Helpers of the initramfs /init (busybox sh). Sourced by /init; the host tests
+# source it too, with SPINE_SYSFS and PATH pointing at fakes.
+#
+# Every step prints one console line "spine-init: ...". Nothing here ever starts a
+# shell or waits for input: failures return non-zero and /init decides.
+
+SPINE_SYSFS=${SPINE_SYSFS:-/sys}
+SPINE_DEV=${SPINE_DEV:-/dev}
+SPINE_ROOT_DM=spine_root
+SPINE_PERSIST_DM=persist
+
+# say MESSAGE: one console line. With spine.debug=1 on the command line /init sets
+# SPINE_TIMES=1 and each line ends with the uptime, for boot-time measurements.
+say() {
+	if [ "${SPINE_TIMES:-0}" = 1 ]; then
+		echo "spine-init: $* (t=$(cut -d' ' -f1 /proc/uptime))"
+	else
+		echo "spine-init: $*"
+	fi
+}
+
+# find_part NAME [DISK]: print /dev/<node> of the partition whose GPT name is NAME
+# (on DISK when given, e.g. "vda"). Fails when none or several match.
+find_part() {
+	_found=""
+	for _ue in "$SPINE_SYSFS"/class/block/*/uevent; do
+		[ -r "$_ue" ] || continue
+		grep -qx "PARTNAME=$1" "$_ue" || continue
+		_node=$(sed -n 's/^DEVNAME=//p' "$_ue")
+		if [ -n "$2" ] && [ "$(part_disk "$_node")" != "$2" ]; then
+			continue
+		fi
+		[ -z "$_found" ] || { say "partition $1 found twice ($_found, $_node)" >&2; return 1; }
+		_found=$_node
+	done
+	[ -n "$_found" ] || return 1
+	echo "$SPINE_DEV/$_found"
+}
+
+# part_disk NODE: the disk a partition belongs to (vda2 -> vda), from sysfs.
+part_disk() {
+	_link=$(readlink -f "$SPINE_SYSFS/class/block/$1") || return 1
+	basename "$(dirname "$_link")"
+}
+
+# wait_part NAME [DISK] [TENTHS]: find_part, polling while the disk is probed.
+wait_part() {
+	_n=${3:-30}
+	while [ "$_n" -gt 0 ]; do
+		find_part "$1" "$2" 2>/dev/null && return 0
+		sleep 0.1
+		_n=$((_n - 1))
+	done
+	find_part "$1" "$2"
+}
+
+# load_modules LIST: insmod each path of LIST in order; a failure is logged, not fatal
+# (what it breaks fails later, loudly, at the step that needs it).
+load_modules() {
+	_ok=0 _bad=""
+	while IFS= read -r _m; do
+		[ -n "$_m" ] || continue
+		if insmod "$_m" 2>/dev/null; then
+			_ok=$((_ok + 1))
+		else
+			_bad="$_bad ${_m##*/}"
+		fi
+	done <"$1"
+	say "loaded $_ok modules${_bad:+; failed:$_bad}"
+}
+
+# verity_args SLOT: the veritysetup options for SLOT from the loaded boot-control
+# record. The record is the trust anchor, so the on-disk superblock is ignored
+# (--no-superblock): with it veritysetup would take salt and sizes from the disk.
+verity_args() {
+	eval "_d=\$BC_$1_data_size _h=\$BC_$1_hash_offset _s=\$BC_$1_salt"
+	echo "--no-superblock --format=1 --hash=sha256 --data-block-size=4096" \
+		"--hash-block-size=4096 --data-blocks=$((_d / 4096))" \
+		"--hash-offset=$((_h + 4096)) --salt=$_s"
+}
+
+# verity_open DEV SLOT [EXTRA...]: map DEV as /dev/mapper/$SPINE_ROOT_DM.
+verity_open() {
+	_dev=$1 _slot=$2
+	shift 2
+	eval "_r=\$BC_${_slot}_root_hash"
+	# shellcheck disable=SC2046 # verity_args is a fixed list of words
+	veritysetup open "$_dev" "$SPINE_ROOT_DM" "$_dev" "$_r" $(verity_args "$_slot") "$@"
+}
+
+verity_close() {
+	veritysetup close "$SPINE_ROOT_DM" 2>/dev/null
+}
+
+# verity_check_all DEV SLOT: read every block through dm-verity (no restart flag:
+# corruption shows up as a read error here, in the initramfs, instead of a reboot).
+verity_check_all() {
+	verity_open "$1" "$2" || return 1
+	if ! cat "$SPINE_DEV/mapper/$SPINE_ROOT_DM" >/dev/null 2>&1; then
+		verity_close
+		return 1
+	fi
+	verity_close
+}
+
+# is_blank DEV BYTES: true when the first BYTES of DEV are all zero.
+is_blank() {
+	[ "$(dd if="$1" bs="$2" count=1 2>/dev/null | tr -d '\000' | wc -c)" -eq 0 ]
+}
+
+# has_ext4 DEV: the ext2/3/4 superblock magic 0xEF53 at byte 1080.
+has_ext4() {
+	[ "$(dd if="$1" bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')" = "53ef" ]
+}

@@ -1,0 +1,195 @@
+"""Assemble the initramfs: busybox, the boot modules, veritysetup/cryptsetup/mkfs.ext4
+with their libraries, and the /init from ``initramfs/``.
+
+Inputs are trees, not packages: a static busybox, an extracted kernel (``Kernel``) and a
+"tool root" holding the dynamically linked tools and their libraries (for the test
+recipe, extracted Debian packages; for production, the Spine's own Alpine tree, so the
+same binaries serve both). The output is a reproducible newc cpio (``pipeline.cpio``),
+gzip-compressed by default.
+
+In-image layout (format version ``LAYOUT_VERSION``):
+
+- ``/init``, ``/lib/spine/*.sh`` — the scripts from ``initramfs/``;
+- ``/bin/busybox`` and one symlink per applet;
+- ``/sbin/veritysetup``, ``/sbin/cryptsetup``, ``/sbin/mkfs.ext4`` (mke2fs) and the
+  ELF closure of each at the paths the tool root has them (interpreter included);
+- ``/lib/modules/<ver>/...ko`` (decompressed) and ``/etc/spine-init/modules``: the
+  load order, one in-image path per line;
+- ``/dev/console`` (5:1), so the kernel gives /init a console before devtmpfs exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bay0.atomic import write_atomic
+from bay0.errors import NotFoundError
+from pipeline import cpio, debian, elf
+from pipeline.kernel import BOOT_MODULES, Kernel, fetch_kernel, install_modules, module_closure
+from pipeline.paths import PROJECT_ROOT, cache_dir
+from pipeline.run import run
+
+LAYOUT_VERSION = 1
+INIT_SOURCE = PROJECT_ROOT / "initramfs"
+
+# In-image path -> path inside the tool root.
+DEFAULT_TOOLS = {
+    "/sbin/veritysetup": "/sbin/veritysetup",
+    "/sbin/cryptsetup": "/sbin/cryptsetup",
+    "/sbin/mkfs.ext4": "/sbin/mke2fs",
+}
+
+# Debian packages of the test recipe's initramfs (production: Alpine's equivalents).
+TEST_PACKAGES = ("busybox-static", "cryptsetup-bin", "e2fsprogs")
+
+# Applets /init and bootctl.sh use; the full list comes from ``busybox --list-full``
+# when the busybox runs on this host, else this list is linked.
+FALLBACK_APPLETS = (
+    "bin/sh", "bin/cat", "bin/dd", "bin/echo", "bin/grep", "bin/mkdir", "bin/mount",
+    "bin/umount", "bin/rm", "bin/mv", "bin/sed", "bin/sleep", "bin/sync", "bin/uname",
+    "bin/readlink", "bin/od", "usr/bin/awk", "usr/bin/basename", "usr/bin/dirname",
+    "usr/bin/head", "usr/bin/tail", "usr/bin/tr", "usr/bin/wc", "usr/bin/cmp",
+    "usr/bin/sha256sum", "sbin/insmod", "sbin/poweroff", "sbin/switch_root",
+)
+
+
+@dataclass(frozen=True)
+class InitramfsSpec:
+    """Everything an initramfs is made of (see the module docstring for the layout)."""
+
+    kernel: Kernel
+    busybox: Path
+    tool_root: Path
+    tools: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TOOLS))
+    modules: tuple[str, ...] = BOOT_MODULES
+    init_dir: Path = INIT_SOURCE
+
+
+def stage(spec: InitramfsSpec, root: Path) -> None:
+    """Lay the initramfs tree out under ``root`` (an empty directory).
+
+    Raises ``NotFoundError`` for a missing input (busybox, tool, library, module,
+    ``init``), ``FormatError`` for a broken ELF file.
+    """
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "sysroot",
+              "etc/spine-init", "lib/spine"):
+        _mkdir(root / d)
+    _install_scripts(spec.init_dir, root)
+    _install_tools(spec, root)
+    _copy(spec.busybox, root / "bin" / "busybox", 0o755)
+    for applet in _applets(spec.busybox):
+        link = root / applet
+        if not link.exists() and not link.is_symlink():
+            _mkdir(link.parent)
+            link.symlink_to(os.path.relpath(root / "bin" / "busybox", link.parent))
+    modules = module_closure(spec.kernel, spec.modules)
+    order = install_modules(spec.kernel, modules, root)
+    for directory, _dirs, _files in os.walk(root / "lib" / "modules"):
+        os.chmod(directory, 0o755)
+    (root / "etc" / "spine-init" / "modules").write_text("".join(p + "\n" for p in order))
+
+
+def _mkdir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+
+
+def _copy(source: Path, target: Path, mode: int) -> None:
+    if not source.is_file():
+        raise NotFoundError(f"{source} is missing", "fetch or build the initramfs inputs first")
+    _mkdir(target.parent)
+    if target.is_symlink() or target.exists():
+        target.unlink()  # never write through a link (an applet link points at busybox)
+    shutil.copyfile(source, target)
+    target.chmod(mode)
+
+
+def _install_scripts(init_dir: Path, root: Path) -> None:
+    _copy(init_dir / "init", root / "init", 0o755)
+    for script in sorted((init_dir / "lib").glob("*.sh")):
+        _copy(script, root / "lib" / "spine" / script.name, 0o644)
+
+
+def _applets(busybox: Path) -> list[str]:
+    """Applet paths (relative) from the binary itself, falling back to a fixed list."""
+    try:
+        listing = run([str(busybox), "--list-full"]).stdout.decode().split()
+    except Exception:  # noqa: BLE001 - a foreign-arch busybox cannot run here
+        return list(FALLBACK_APPLETS)
+    return sorted(a for a in listing if a and not a.startswith("/") and ".." not in a) or list(FALLBACK_APPLETS)
+
+
+def _install_tools(spec: InitramfsSpec, root: Path) -> None:
+    programs = sorted(set(spec.tools.values()))
+    for path in elf.closure(spec.tool_root, programs):
+        if path in programs:
+            continue  # the tools themselves go to their in-image paths below
+        source = elf.resolve_in_root(spec.tool_root, path)
+        mode = 0o755 if source.stat().st_mode & stat.S_IXUSR else 0o644
+        _copy(source, root / path.lstrip("/"), mode)
+    for image_path, tool_path in spec.tools.items():
+        _copy(elf.resolve_in_root(spec.tool_root, tool_path), root / image_path.lstrip("/"), 0o755)
+
+
+def extra_entries() -> list[cpio.Entry]:
+    """Members that need no root to create: the initial console."""
+    return [cpio.Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))]
+
+
+def build_initramfs(spec: InitramfsSpec, out: str | os.PathLike[str], *, compress: str = "gzip") -> Path:
+    """Stage and pack the initramfs into ``out`` (written atomically). Same inputs, same bytes.
+
+    Raises what ``stage`` raises, and ``FormatError`` for an unknown compression.
+    """
+    with tempfile.TemporaryDirectory(prefix="spine-initramfs-") as tmp:
+        root = Path(tmp) / "root"
+        _mkdir(root)
+        stage(spec, root)
+        entries = cpio.entries_from_tree(root) + extra_entries()
+        return cpio.write_archive(out, entries, compress=compress)
+
+
+def test_spec(kernel: Kernel | None = None, *, workdir: Path | None = None) -> InitramfsSpec:
+    """The test recipe's inputs: Debian's kernel, busybox-static, cryptsetup, e2fsprogs.
+
+    Packages are fetched into the cache and extracted once into ``cache_dir()/initramfs-tools/``
+    (keyed by the .deb digests). Raises what ``debian.fetch_debs`` raises.
+    """
+    kernel = kernel or fetch_kernel()
+    debs = debian.fetch_debs(TEST_PACKAGES, resolve_deps=True)
+    digest = hashlib.sha256("".join(sorted(debian.recorded_sha256(d) for d in debs)).encode()).hexdigest()
+    tool_root = (workdir or cache_dir() / "initramfs-tools") / digest[:24]
+    marker = tool_root / ".spine-extracted"
+    if not marker.exists():
+        shutil.rmtree(tool_root, ignore_errors=True)
+        debian.extract(debs, tool_root)
+        write_atomic(marker, digest.encode(), overwrite=True)
+    return InitramfsSpec(kernel=kernel, busybox=tool_root / "bin" / "busybox", tool_root=tool_root)
+
+
+def spec_digest(spec: InitramfsSpec, compress: str) -> str:
+    """A digest of every input, for caching built initramfs images."""
+    h = hashlib.sha256()
+    h.update(json.dumps([LAYOUT_VERSION, compress, spec.kernel.deb_sha256, spec.kernel.version,
+                         sorted(spec.tools.items()), list(spec.modules), str(spec.tool_root)]).encode())
+    for path in sorted([spec.init_dir / "init", *(spec.init_dir / "lib").glob("*.sh"), Path(__file__),
+                        Path(cpio.__file__), Path(elf.__file__)]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def cached_test_initramfs(*, compress: str = "gzip") -> tuple[Kernel, Path]:
+    """The test recipe's kernel and initramfs, built once per distinct input and cached."""
+    spec = test_spec()
+    out = cache_dir() / "initramfs" / f"{spec_digest(spec, compress)[:32]}.cpio{'.gz' if compress == 'gzip' else ''}"
+    if not out.exists():
+        _mkdir(out.parent)
+        build_initramfs(spec, out, compress=compress)
+    return spec.kernel, out
