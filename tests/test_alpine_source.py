@@ -113,3 +113,17 @@ def test_two_processes_share_one_cache(alpine, http_mirror, tmp_path):
         assert out.decode().strip() == "ok"
     cache = ApkCache(tmp_path / "cache")
     assert cache.get("apk:" + "Q1AYNx2pLOAHRYZQgv3nM8TNtvRWY=") is not None  # busybox bytes
+
+
+def test_present_only_pairs_a_full_index_with_the_packages_at_hand(alpine):
+    """The fixture recipe: iso-repo as is, plus index/main limited to the apks we have."""
+    main = RepositorySpec.local(alpine / "v3.19/index/main/x86_64/APKINDEX.tar.gz",
+                                [alpine / "v3.19/extra/x86_64", alpine / "v3.19/iso-repo/x86_64"],
+                                name="main", present_only=True)
+    iso = RepositorySpec.local(alpine / "v3.19/iso-repo/x86_64/APKINDEX.tar.gz", name="iso-repo")
+    repos = open_repositories([iso, main], alpine / "keys", cache=False)
+    assert len(repos.repositories[1].packages) == 52 + 82
+    resolved = repos.resolve(["busybox", "coreutils", "sqlite-libs", "libcrypto3"])
+    assert next(p for p in resolved if p.name == "busybox").version == "1.36.1-r15"
+    for pkg in resolved:
+        assert repos.fetch(pkg).checksum == pkg.checksum

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ class Repository:
         if data is None:
             data = read_location(self.spec.index, f"index of {self.spec.name}")
         self.index = read_index(data, self.keyring, where=self.spec.name, repository=self)
+        if self.spec.present_only:
+            present = _local_files(self.spec.package_dirs)
+            kept = tuple(p for p in self.index.packages if p.filename in present)
+            self.index = dataclasses.replace(self.index, packages=kept)
         if self.spec.remote and self.cache:
             self.cache.put_index(self.spec.index, data)
 
@@ -77,6 +82,14 @@ class Repository:
         if self.cache:
             self.cache.put(key, verified)
         return verified
+
+
+def _local_files(locations: Sequence[str]) -> set[str]:
+    names: set[str] = set()
+    for location in locations:
+        if not is_url(location) and Path(location).is_dir():
+            names.update(item.name for item in Path(location).iterdir())
+    return names
 
 
 def keyring_digest(keyring: Keyring) -> str:

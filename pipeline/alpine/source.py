@@ -38,6 +38,7 @@ class RepositorySpec:
     index: str
     package_dirs: tuple[str, ...]
     name: str
+    present_only: bool = False   # keep only index entries whose .apk is in a (local) dir
 
     @classmethod
     def mirror(cls, root: str | Path = DEFAULT_MIRROR, branch: str = "v3.19",
@@ -48,11 +49,16 @@ class RepositorySpec:
         return cls(join(base, "APKINDEX.tar.gz"), (base,), f"{branch}/{repo}")
 
     @classmethod
-    def local(cls, index: str | Path, package_dirs=(), name: str | None = None) -> RepositorySpec:
-        """An index file plus package directories. With no directories, the index's own."""
+    def local(cls, index: str | Path, package_dirs=(), name: str | None = None, *,
+              present_only: bool = False) -> RepositorySpec:
+        """An index file plus package directories. With no directories, the index's own.
+
+        ``present_only`` hides index entries whose file is in none of the (local)
+        directories, so a full index can be paired with a partial set of packages.
+        """
         index = str(index)
         dirs = tuple(str(d) for d in package_dirs) or (index.rsplit("/", 1)[0],)
-        return cls(index, dirs, name or index)
+        return cls(index, dirs, name or index, present_only)
 
     @property
     def remote(self) -> bool:
