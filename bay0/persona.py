@@ -381,6 +381,7 @@ def _child(plan: _Plan) -> None:
 def _child_main(plan: _Plan, step: _Step) -> int:
     spec = plan.spec
     step.name = "signals"
+    caps.set_comm(b"persona-init")
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     signal.set_wakeup_fd(-1)
     if plan.join_cgroup:  # no clone3: move in, then root a cgroup namespace here
@@ -477,6 +478,7 @@ def _resolve(plan: _Plan) -> bytes:
 
 
 def _spawn_and_reap(plan: _Plan, path: bytes) -> int:
+    """Start the command as PID 2, report it, reap every child until it exits."""
     child = [0]
 
     def forward(signum: int, _frame: object) -> None:
@@ -485,8 +487,7 @@ def _spawn_and_reap(plan: _Plan, path: bytes) -> int:
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
-    child[0] = os.posix_spawn(path, plan.argv, plan.env, setsid=True, setsigmask=(),
-                              setsigdef=plan.sigdef)
+    child[0] = _start_command(plan, path)
     os.write(plan.report_fd, b"R" + struct.pack("<i", child[0]))
     while True:
         try:
@@ -498,6 +499,33 @@ def _spawn_and_reap(plan: _Plan, path: bytes) -> int:
             if os.WIFSIGNALED(status):
                 return 128 + os.WTERMSIG(status)
             return os.WEXITSTATUS(status)
+
+
+def _start_command(plan: _Plan, path: bytes) -> int:
+    """fork + execve with every signal at its default; raises ``OSError`` if exec fails.
+
+    Not posix_spawn: glibc's leaves its internal signals (32, 33) ignored in the child,
+    and ignored dispositions survive execve.
+    """
+    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+    pid = ns.clone_process(0)
+    if pid == 0:
+        try:
+            for signum in plan.sigdef:
+                signal.signal(signum, signal.SIG_DFL)
+            os.setsid()
+            os.execve(path, plan.argv, plan.env)
+        except BaseException as e:
+            os.write(exec_w, struct.pack("<i", getattr(e, "errno", None) or errno_mod.EINVAL))
+        os._exit(127)
+    os.close(exec_w)
+    failure = _read_exact(exec_r, 4)
+    os.close(exec_r)
+    if failure:
+        err = struct.unpack("<i", failure)[0]
+        os.waitpid(pid, 0)
+        raise OSError(err, f"{path.decode(errors='replace')}: {os.strerror(err)}")
+    return pid
 
 
 def spec_from_inventory(persona: Any, root: str, **overrides: Any) -> PersonaSpec:

@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("benchmark: needs root (namespaces, cgroups, mounts)")
-    with tempfile.TemporaryDirectory(prefix="launch-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="launch-bench-", dir="/var/tmp") as tmp:
         root = args.rootfs or extract_rootfs(Path(tmp) / "root")
         spec = PersonaSpec(name="bench", root=str(root), argv=("/bin/true",), uid=65534, gid=65534,
                            cgroup_parent=str(cgroup2_mount()))

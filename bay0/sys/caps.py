@@ -15,6 +15,7 @@ from bay0.sys.libc import LIBC, check, syscall
 
 # linux/prctl.h
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
@@ -92,6 +93,12 @@ def set_no_new_privs() -> None:
 def set_dumpable(on: bool) -> None:
     """A non-dumpable process keeps its /proc files (exe, fd, environ) from its own uid."""
     prctl(PR_SET_DUMPABLE, 1 if on else 0)
+
+
+def set_comm(name: bytes) -> None:
+    """Name this thread (``/proc/PID/comm``, at most 15 bytes) so ``ps`` on the host says what it is."""
+    buffer = ctypes.create_string_buffer(name[:15])
+    prctl(PR_SET_NAME, ctypes.addressof(buffer))
 
 
 def switch_ids(uid: int, gid: int, groups: tuple[int, ...] = ()) -> None:

@@ -82,7 +82,9 @@ def open_bind_source(persist: bytes, source: bytes) -> int:
     """O_PATH fd of ``source`` (relative) under ``persist``, refusing any symlink (ELOOP)."""
     base = os.open(persist, m.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        return m.openat2(base, source, m.O_PATH | os.O_NOFOLLOW,
+        # no O_NOFOLLOW: with O_PATH it would open a final symlink itself instead of
+        # failing; RESOLVE_NO_SYMLINKS refuses every symlink, the last one included.
+        return m.openat2(base, source, m.O_PATH,
                          m.RESOLVE_BENEATH | m.RESOLVE_NO_SYMLINKS | m.RESOLVE_NO_MAGICLINKS)
     finally:
         os.close(base)
@@ -95,7 +97,7 @@ def bind(root_fd: int, persist: bytes, source: bytes, target: bytes, rw: bool, e
     """
     src = open_bind_source(persist, source)
     try:
-        dst = m.openat2(root_fd, target.lstrip(b"/"), m.O_PATH | os.O_NOFOLLOW,
+        dst = m.openat2(root_fd, target.lstrip(b"/"), m.O_PATH,
                         m.RESOLVE_IN_ROOT | m.RESOLVE_NO_SYMLINKS | m.RESOLVE_NO_MAGICLINKS)
         try:
             tree = m.open_tree(src, b"", m.OPEN_TREE_CLONE | m.OPEN_TREE_CLOEXEC | m.AT_EMPTY_PATH)
@@ -103,7 +105,9 @@ def bind(root_fd: int, persist: bytes, source: bytes, target: bytes, rw: bool, e
                 attrs = m.MOUNT_ATTR_NOSUID | m.MOUNT_ATTR_NODEV | m.MOUNT_ATTR_NOSYMFOLLOW
                 attrs |= 0 if exec_ else m.MOUNT_ATTR_NOEXEC
                 attrs |= 0 if rw else m.MOUNT_ATTR_RDONLY
-                m.mount_setattr(tree, attrs)
+                # the clone inherits /persist's own flags (noexec): clear what was declared
+                clear = (m.MOUNT_ATTR_NOEXEC if exec_ else 0) | (m.MOUNT_ATTR_RDONLY if rw else 0)
+                m.mount_setattr(tree, attrs, clear)
                 m.move_mount(tree, dst)
             finally:
                 os.close(tree)

@@ -5,9 +5,10 @@ Program shape (x86_64):
 1. ``arch != AUDIT_ARCH_X86_64`` → kill (ia32 via ``int 0x80`` lands here).
 2. ``nr & 0x40000000`` (the x32 ABI) → kill.
 3. ``nr > NEWEST`` and clone3/io_uring_* → ``ENOSYS`` so libc falls back.
-4. The allowlist in chunks of compare-and-jump, each chunk followed by its
-   ``ALLOW`` and the argument checks of its filtered calls (BPF jumps are forward
-   only and conditional offsets fit in 8 bits, hence the chunks).
+4. A binary search over the sorted allowlist (about nine compares per call; BPF
+   jumps are forward only and conditional offsets fit in 8 bits, so each branch
+   point is a compare plus an unconditional ``JA``), ending in small leaves that
+   ``ALLOW``, jump to a call's argument check, or kill.
 5. Anything else → ``SECCOMP_RET_KILL_PROCESS`` (logged by the kernel).
 
 Argument checks compare the low 32 bits only where the kernel itself truncates the
@@ -53,7 +54,6 @@ TIOCLINUX = 0x541C
 S_IFMT = 0o170000
 ALLOWED_NODE_TYPES = (0, 0o100000, 0o010000, 0o140000)  # default=regular, regular, fifo, socket
 PERSONALITY_OK = (0, 0xFFFFFFFF)  # PER_LINUX and the query value
-CHUNK = 48
 
 KILL = ("ret", SECCOMP_RET_KILL_PROCESS)
 ALLOW = ("ret", SECCOMP_RET_ALLOW)
@@ -154,9 +154,38 @@ def _emit_header(asm: _Asm) -> None:
     asm.op(BPF_JGT_K, NEWEST, jt="enosys", jf=0)
     for name in prof.ENOSYS:
         asm.op(BPF_JEQ_K, SYSCALLS[name], jt="enosys", jf=0)
-    asm.op(BPF_JMP_JA, "chunk0")
+    asm.op(BPF_JMP_JA, "tree")
     asm.label("enosys")
     asm.ret(SECCOMP_RET_ERRNO | errno.ENOSYS)
+
+
+def _emit_leaf(asm: _Asm, entries: list[tuple[int, str]]) -> None:
+    """Compare A (the syscall number) with a few numbers; ALLOW or jump to their argument check."""
+    special = [name for _, name in entries if name in prof.ARGUMENT_FILTERED]
+    n = len(entries)
+    for i, (number, name) in enumerate(entries):
+        # targets after the n compares and the KILL: ALLOW first, then one JA per special
+        target = 1 + special.index(name) + 1 if name in special else 1
+        asm.op(BPF_JEQ_K, number, jt=n - 1 - i + target, jf=0)
+    asm.ret(SECCOMP_RET_KILL_PROCESS)
+    asm.ret(SECCOMP_RET_ALLOW)
+    for name in special:
+        asm.op(BPF_JMP_JA, f"arg:{name}")
+
+
+def _emit_tree(asm: _Asm, entries: list[tuple[int, str]], counter: list[int]) -> None:
+    """A binary search over sorted syscall numbers: about log2(n) compares per call."""
+    if len(entries) <= 4:
+        _emit_leaf(asm, entries)
+        return
+    mid = len(entries) // 2
+    counter[0] += 1
+    right = f"right{counter[0]}"
+    asm.op(BPF_JGE_K, entries[mid][0], jt=0, jf=1)
+    asm.op(BPF_JMP_JA, right)
+    _emit_tree(asm, entries[:mid], counter)
+    asm.label(right)
+    _emit_tree(asm, entries[mid:], counter)
 
 
 @functools.lru_cache(maxsize=16)
@@ -171,24 +200,15 @@ def build_filter(profile: str, networked: bool) -> bytes:
     if MACHINE != "x86_64":
         raise UnsupportedArchError(f"no seccomp table for {MACHINE}")
     families = prof.socket_families(profile, networked)
-    names = list(dict.fromkeys(prof.BASE + list(prof.ARGUMENT_FILTERED)))
+    names = set(prof.BASE) | set(prof.ARGUMENT_FILTERED)
+    entries = sorted((SYSCALLS[name], name) for name in names)
     asm = _Asm()
     _emit_header(asm)
-    chunks = [names[i:i + CHUNK] for i in range(0, len(names), CHUNK)]
-    for c, chunk in enumerate(chunks):
-        asm.label(f"chunk{c}")
-        for name in chunk:
-            target = f"arg:{name}" if name in prof.ARGUMENT_FILTERED else f"allow{c}"
-            asm.op(BPF_JEQ_K, SYSCALLS[name], jt=target, jf=0)
-        asm.op(BPF_JMP_JA, f"chunk{c + 1}")
-        asm.label(f"allow{c}")
-        asm.ret(SECCOMP_RET_ALLOW)
-        for name in chunk:
-            if name in prof.ARGUMENT_FILTERED:
-                asm.label(f"arg:{name}")
-                _emit_argument_check(asm, name, families)
-    asm.label(f"chunk{len(chunks)}")
-    asm.ret(SECCOMP_RET_KILL_PROCESS)
+    asm.label("tree")
+    _emit_tree(asm, entries, [0])
+    for name in prof.ARGUMENT_FILTERED:
+        asm.label(f"arg:{name}")
+        _emit_argument_check(asm, name, families)
     return asm.assemble()
 
 
