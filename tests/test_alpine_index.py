@@ -105,6 +105,30 @@ def test_one_byte_in_control_fails_the_signature(busybox_apk, keyring):
         _verify(_flip(busybox_apk, control_end - 5), keyring)   # inside the control CRC
 
 
+@pytest.mark.parametrize("where", [0.1, 0.3, 0.5, 0.7, 0.9])
+def test_any_byte_in_control_fails_the_signature(busybox_apk, keyring, where):
+    _sig, control, control_end = _members(busybox_apk)
+    start = control_end - len(control.compressed)
+    offset = start + 12 + int(where * (len(control.compressed) - 20))
+    with pytest.raises(BadSignatureError, match=r"^package busybox-1.36.1-r15: bad signature"):
+        _verify(_flip(busybox_apk, offset), keyring)
+
+
+@pytest.mark.parametrize("where", [0.2, 0.5, 0.8])
+def test_any_byte_in_the_signature_block_fails_the_signature(busybox_apk, keyring, where):
+    sig, _control, _end = _members(busybox_apk)
+    offset = 12 + int(where * (len(sig.compressed) - 20))
+    with pytest.raises(BadSignatureError, match=r"^package busybox-1.36.1-r15: bad signature"):
+        _verify(_flip(busybox_apk, offset), keyring)
+
+
+def test_not_an_apk(keyring):
+    from bay0.errors import FormatError
+
+    with pytest.raises(FormatError, match="is not an apk v2 file"):
+        _verify(b"PK\x03\x04 a zip file", keyring)
+
+
 def test_one_byte_in_data_fails_the_datahash(busybox_apk, keyring):
     _sig, _control, control_end = _members(busybox_apk)
     middle = (control_end + len(busybox_apk)) // 2

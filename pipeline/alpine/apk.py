@@ -56,9 +56,22 @@ def split_signed(data: bytes, keyring: Keyring, what: str):
     Shared by packages and APKINDEX files. Raises ``FormatError``,
     ``CorruptionError``, ``UnknownKeyError`` or ``BadSignatureError``.
     """
-    sig_member, offset = read_member(data, 0, what)
-    name, signature = _signature_entry(sig_member.content, what)
-    signed, end = read_member(data, offset, what)
+    if data[:3] != b"\x1f\x8b\x08":
+        raise FormatError(f"{what} is not an apk v2 file (no gzip header)")
+    # A changed byte anywhere in the first two members is reported as what it
+    # breaks: the signature, even when the change also breaks the deflate data.
+    try:
+        sig_member, offset = read_member(data, 0, what)
+        name, signature = _signature_entry(sig_member.content, what)
+    except (CorruptionError, FormatError) as e:
+        raise BadSignatureError(f"{what}: bad signature (the signature block is damaged: {e})",
+                                "the file was changed after signing; fetch it again") from e
+    try:
+        signed, end = read_member(data, offset, what)
+    except (CorruptionError, FormatError) as e:
+        keyring.key_for(what, name)
+        raise BadSignatureError(f"{what}: bad signature (the signed block is damaged)",
+                                "the file was changed after signing; fetch it again") from e
     key_name = keyring.verify(what, name, signature, signed.compressed)
     if not sig_member.crc_ok or not signed.crc_ok:
         raise CorruptionError(f"{what}: gzip CRC does not match")

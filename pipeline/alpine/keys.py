@@ -52,20 +52,29 @@ class Keyring:
         ``BadSignatureError`` when the signature does not match, ``FormatError``
         for a member that is not an apk signature.
         """
-        prefix = next((p for p in SIGN_PREFIXES if member_name.startswith(p)), None)
-        if prefix is None:
-            raise FormatError(f"{what}: {member_name!r} is not an apk signature")
-        key_name, algorithm = member_name[len(prefix):], SIGN_PREFIXES[prefix]
-        key = self.keys.get(key_name)
-        if key is None:
-            raise UnknownKeyError(f"{what} is signed by unknown key {key_name}",
-                                  "add the key to the Alpine keys directory if you trust it")
+        key, key_name, algorithm = self.key_for(what, member_name)
         try:
             key.verify(signature, signed, padding.PKCS1v15(), algorithm())
         except InvalidSignature as e:
             raise BadSignatureError(f"{what}: bad signature (key {key_name})",
                                     "the file was changed after signing; fetch it again") from e
         return key_name
+
+
+    def key_for(self, what: str, member_name: str):
+        """(key, key name, hash class) for a ``.SIGN.*`` member name.
+
+        Raises ``FormatError`` for another name, ``UnknownKeyError`` for a key not in the ring.
+        """
+        prefix = next((p for p in SIGN_PREFIXES if member_name.startswith(p)), None)
+        if prefix is None:
+            raise FormatError(f"{what}: {member_name!r} is not an apk signature")
+        key_name = member_name[len(prefix):]
+        key = self.keys.get(key_name)
+        if key is None:
+            raise UnknownKeyError(f"{what} is signed by unknown key {key_name}",
+                                  "add the key to the Alpine keys directory if you trust it")
+        return key, key_name, SIGN_PREFIXES[prefix]
 
 
 def _load_key(path: Path) -> rsa.RSAPublicKey:
