@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bay0.formats import canonical
+from bay0.formats import canonical, minisign
 from spinectl import inventory as service
 from tests.conftest import require_tool
 
@@ -38,9 +38,13 @@ def ws(spinectl, pods, tmp_path):
     """A work dir with pods, a key pair and an inventory holding persona web."""
     for name in ("web.img", "db.img"):
         shutil.copy(pods / name, tmp_path / name)
+    # Key files written directly: test scratch may live inside the repository, where
+    # `spinectl keys generate` rightly refuses to put a private key.
+    (tmp_path / "keys").mkdir()
     for name in ("ops", "intruder"):
-        r = spinectl("keys", "generate", "--name", name, "--dir", "keys", "--no-passphrase")
-        assert r.code == 0, r.err
+        key = minisign.SecretKey.generate()
+        (tmp_path / f"keys/{name}.key").write_text(key.to_text(None))
+        (tmp_path / f"keys/{name}.pub").write_text(key.public_key.to_text())
     (tmp_path / "trusted").mkdir()
     shutil.copy(tmp_path / "keys/ops.pub", tmp_path / "trusted/ops.pub")
     assert spinectl("inventory", "create", "inv.json").code == 0
