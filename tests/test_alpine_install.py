@@ -157,8 +157,10 @@ def test_mtimes_are_clamped(installed):
 def test_install_is_reproducible(installed, iso_repos, tmp_path):  # noqa: F811
     root, _result, packages = installed
     again = tmp_path / "again"
-    install(packages, again, world=WORLD, epoch=EPOCH)
+    seen = []
+    install(packages, again, world=WORLD, epoch=EPOCH, progress=lambda *a: seen.append(a))
     assert snapshot(again) == BEFORE_APK_RAN[root]
+    assert seen[-1] == ("extract", len(packages), len(packages)) and len(seen) == 2 * len(packages)
 
 
 def test_refuses_a_root_that_already_has_a_database(installed, iso_repos):  # noqa: F811

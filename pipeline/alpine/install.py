@@ -23,7 +23,7 @@ import os
 import posixpath
 import stat
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,7 +206,8 @@ def _find_checksum(entry: db.DbEntry, rel: str) -> str | None:
 
 def install(packages: Sequence[Package], target_root: str | Path, *,
             world: Iterable[str] | None = None, epoch: int | None = None,
-            arch: str | None = None) -> InstalledSet:
+            arch: str | None = None,
+            progress: Callable[[str, int, int], None] | None = None) -> InstalledSet:
     """Install ``packages`` (in the order given, e.g. from ``RepoSet.resolve``).
 
     ``world`` is written to /etc/apk/world (default: the package names).
@@ -214,16 +215,28 @@ def install(packages: Sequence[Package], target_root: str | Path, *,
     Raises the verification errors of ``Repository.fetch`` before writing
     anything; ``PackageConflictError`` when two packages contain one file;
     ``ExistsError`` when the target already has an apk database.
+    ``progress(step, done, total)`` is called as packages are verified
+    (step ``"verify"``) and extracted (``"extract"``), e.g. to drive a progress bar.
     """
+    def tick(step: str, done: int) -> None:
+        if progress is not None:
+            progress(step, done, len(packages))
+
     root = Path(target_root)
     epoch = default_epoch() if epoch is None else epoch
     if (root / "lib/apk/db/installed").exists():
         raise ExistsError(f"{root} already has an apk database",
                           "install into an empty staging directory")
-    verified = [(pkg, pkg.repository.fetch(pkg)) for pkg in packages]
+    verified = []
+    for pkg in packages:
+        verified.append((pkg, pkg.repository.fetch(pkg)))
+        tick("verify", len(verified))
     root.mkdir(parents=True, exist_ok=True)
     installer = _Installer(root, epoch)
-    entries = [installer.extract(pkg, v) for pkg, v in verified]
+    entries = []
+    for pkg, checked in verified:
+        entries.append(installer.extract(pkg, checked))
+        tick("extract", len(entries))
     result = InstalledSet(
         [InstalledPackage(p.name, p.version, p.arch, p.checksum, p.origin) for p in packages],
         owners_applied=installer.chown)
