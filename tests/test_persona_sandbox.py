@@ -337,3 +337,42 @@ def test_spec_from_inventory(world) -> None:
     spec = spec_from_inventory(FakePersona, str(world["root"]))
     assert spec.argv == ("/bin/true",) and spec.binds[0].source == "data"
     spec.validate()
+
+
+def test_veth_policy_allows_declared_egress_only(world) -> None:
+    require_tool("ip", "nft")
+    import socket as socketlib
+
+    from bay0.formats.inventory import EgressRule, Network
+
+    listeners = []
+    for _ in range(2):
+        s = socketlib.socket()
+        s.bind(("0.0.0.0", 0))
+        s.listen(4)
+        listeners.append(s)
+    allowed, other = (s.getsockname()[1] for s in listeners)
+    network = Network("10.199.0.2/30", (EgressRule("10.199.0.1/32", "tcp", allowed),), "10.199.0.1")
+    script = (f"ip -o -4 addr show eth0 | tr -s ' ' | cut -d' ' -f4; "
+              f"nc -z -w 2 10.199.0.1 {allowed} && echo allowed-ok; "
+              f"nc -z -w 1 10.199.0.1 {other} && echo other-leaked; echo done")
+    try:
+        status, out = run(world, script, network=network, seccomp="network-service", name="vethprobe")
+    finally:
+        for s in listeners:
+            s.close()
+    lines = out.split()
+    assert lines[0] == "10.199.0.2/30"
+    assert "allowed-ok" in lines and "other-leaked" not in lines and lines[-1] == "done"
+    from bay0.sys.netns import host_ifname, table_name
+    assert not Path(f"/sys/class/net/{host_ifname('vethprobe')}").exists()
+    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert table_name("vethprobe") not in nft
+
+
+def test_fallback_without_clone3_joins_the_cgroup_from_inside(world, monkeypatch) -> None:
+    import bay0.persona as persona_mod
+
+    monkeypatch.setitem(persona_mod._CACHE, "no_clone3", True)
+    status, out = run(world, "grep ^0:: /proc/self/cgroup; echo $$")
+    assert out.split() == ["0::/", "2"]

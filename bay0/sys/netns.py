@@ -14,6 +14,7 @@ own netns). An explicit policy (``bay0.formats.inventory.Network``) gets:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from typing import Any
 
@@ -23,8 +24,13 @@ PEER = "eth0"
 
 
 def host_ifname(name: str) -> str:
-    """The host-side interface of persona ``name`` (IFNAMSIZ: at most 15 characters)."""
-    return f"sp-{name}"[:15]
+    """The host-side interface of persona ``name`` (IFNAMSIZ: at most 15 characters).
+
+    Long names keep a prefix plus a digest, so two personas never share an interface.
+    """
+    if len(name) <= 12:
+        return f"sp-{name}"
+    return f"sp-{name[:7]}-{hashlib.sha256(name.encode()).hexdigest()[:4]}"
 
 
 def table_name(name: str) -> str:
