@@ -352,3 +352,13 @@ def test_parse_mount_egress_user() -> None:
     assert (e.dest, e.proto, e.port) == ("fd00::/64", "udp", 53)
     assert service.parse_user("1000") == (1000, 1000)
     assert service.parse_user("1000:2000") == (1000, 2000)
+
+
+def test_real_process_gives_one_line_and_exit_code(spinectl_proc, tmp_path: Path) -> None:
+    (tmp_path / "inv.json").write_bytes(b'{"format":"spine-inventory/9"}')
+    r = spinectl_proc("inventory", "list", "inv.json")
+    assert r.returncode == 3 and b"Traceback" not in r.stderr
+    assert r.stderr.decode().strip() == (
+        "spinectl: error: unsupported inventory format spine-inventory/9 "
+        "(hint: upgrade spinectl/bay0)"
+    )

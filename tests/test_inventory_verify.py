@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bay0.errors import (
     BadSignatureError,
@@ -173,3 +175,23 @@ def test_o1_check_ignores_the_file_sha256(web) -> None:
     inv.check_identity(web, other_sha, fields=inv.O1_IDENTITY_FIELDS)
     with pytest.raises(IdentityMismatchError, match="root_hash"):
         inv.check_identity(web, identity(root_hash="e" * 64), fields=inv.O1_IDENTITY_FIELDS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_changed_byte_is_refused(key, data) -> None:
+    signed_data, sig = signed(key)
+    index = data.draw(st.integers(0, len(signed_data) - 1))
+    value = data.draw(st.integers(0, 255).filter(lambda b: b != signed_data[index]))
+    tampered = signed_data[:index] + bytes([value]) + signed_data[index + 1:]
+    with pytest.raises(BadSignatureError):
+        check(tampered, sig, key)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_torn_signature_is_refused(key, data) -> None:
+    signed_data, sig = signed(key)
+    cut = data.draw(st.integers(0, len(sig) - 2))
+    with pytest.raises((FormatError, BadSignatureError)):
+        check(signed_data, sig[:cut], key)
