@@ -3,6 +3,9 @@
 # Fails on any failure and when no test ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Scratch (disk images, VM runs) stays on the project disk: /tmp is often a small tmpfs.
+export TMPDIR="${TMPDIR:-$PWD/.tmp}"
+mkdir -p "$TMPDIR"
 bash scripts/setup.sh || exit 1
 .venv/bin/pytest -q -p no:cacheprovider "$@"
 status=$?

@@ -10,10 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bay0.errors import FormatError, UsageError
+from bay0.errors import FormatError
 from pipeline import image as image_mod
 from pipeline import spine as spine_mod
-from pipeline.paths import trust_keys_dir
 from spinectl import keys as keys_mod
 
 image_app = typer.Typer(help="Build and inspect pod images (squashfs + dm-verity).", no_args_is_help=True)
@@ -24,15 +23,6 @@ console = Console()
 def register(app: typer.Typer) -> None:
     app.add_typer(image_app, name="image")
     app.add_typer(spine_app, name="spine")
-
-
-def trusted_keys(pubkey: Path | None) -> list:
-    """Keys from ``--pubkey`` (file or directory), else the trust roots in keys/."""
-    source = pubkey if pubkey is not None else trust_keys_dir()
-    if pubkey is None and not any(source.glob("*.pub")):
-        raise UsageError("no trusted public key to verify the Spine with",
-                         "pass --pubkey KEY.pub (or a directory of keys)")
-    return keys_mod.load_trusted_keys(source)
 
 
 def render(data: dict, as_json: bool, title: str) -> None:
@@ -90,7 +80,7 @@ def image_info(
 ) -> None:
     """Show an image's identity (a Spine's only after its signature verifies)."""
     if is_spine(path):
-        art = spine_mod.open_spine(path, trusted_keys(pubkey))
+        art = spine_mod.open_spine(path, keys_mod.trusted_or_roots(pubkey))
         render(spine_info(art), as_json, f"Spine {art.manifest.spine_version}")
         return
     identity = image_mod.read_identity(path)
@@ -119,7 +109,7 @@ def spine_verify(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Verify the manifest signature and every block of the image against it."""
-    art = spine_mod.open_spine(path, trusted_keys(pubkey))
+    art = spine_mod.open_spine(path, keys_mod.trusted_or_roots(pubkey))
     spine_mod.verify_image(art)
     info = spine_info(art)
     info["verified"] = True

@@ -23,7 +23,7 @@ from bay0.errors import (
 )
 from bay0.formats import minisign
 from bay0.formats.minisign import PublicKey, SecretKey, SecretKeyFile, Verified
-from pipeline.paths import PROJECT_ROOT
+from pipeline.paths import PROJECT_ROOT, trust_keys_dir
 
 PASSPHRASE_ENV = "SPINE_KEY_PASSPHRASE"
 SIG_SUFFIX = ".minisig"
@@ -167,6 +167,20 @@ def load_trusted_keys(path_or_dir: str | os.PathLike[str]) -> list[PublicKey]:
             f"no trusted keys (*.pub) in {path}", "add a public key or point at a .pub file"
         )
     return [_load_public(p) for p in files]
+
+
+def trusted_or_roots(pubkey: str | os.PathLike[str] | None) -> list[PublicKey]:
+    """Keys from ``--pubkey`` (file or directory), else the trust roots in ``keys/``.
+
+    Fails closed: with neither, raises ``UsageError`` (nothing is trusted by default).
+    """
+    if pubkey is not None:
+        return load_trusted_keys(pubkey)
+    roots = trust_keys_dir()
+    if not any(roots.glob("*.pub")):
+        raise UsageError("no trusted public key to verify against",
+                         "pass --pubkey KEY.pub (or a directory of keys)")
+    return load_trusted_keys(roots)
 
 
 def hash_file(path: Path) -> tuple[bytes, int]:

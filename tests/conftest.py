@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,14 @@ import pytest
 from pipeline.paths import PROJECT_ROOT, alpine_fixtures, shared_dir
 
 IN_CI = os.environ.get("CI") == "true"
+
+# Disk images, squashfs trees and VM scratch are large, and /tmp may be a small
+# noexec tmpfs: keep test scratch on the project's disk unless TMPDIR says otherwise.
+if "TMPDIR" not in os.environ:
+    _scratch = PROJECT_ROOT / ".tmp"
+    _scratch.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(_scratch)
+    tempfile.tempdir = None
 
 
 def require_tool(*tools: str) -> None:

@@ -1,0 +1,1 @@
+"""Disks: the GPT layout (pyparted), boot-control on the state partition, flash, provision."""
