@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,13 +38,31 @@ def main_repos(alpine):
     return open_repositories([main_spec(alpine)], alpine / "keys", cache=False)
 
 
+@contextmanager
+def exec_dir(tmp_path_factory, name: str) -> Iterator[Path]:
+    """A scratch directory on a filesystem that allows exec (for chroot runs).
+
+    pytest's base temp may sit on a small ``noexec`` tmpfs at /tmp; then the
+    directory goes to /var/tmp and is removed afterwards.
+    """
+    path = tmp_path_factory.mktemp(name)
+    if not os.statvfs(path).f_flag & os.ST_NOEXEC:
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix=f"spine-{name}-", dir="/var/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def minirootfs(alpine, tmp_path_factory) -> Path:
+def minirootfs(alpine, tmp_path_factory) -> Iterator[Path]:
     """The official 3.19.4 minirootfs, extracted once per session (owners need root)."""
-    root = tmp_path_factory.mktemp("minirootfs")
-    with tarfile.open(alpine / MINIROOTFS) as tar:
-        tar.extractall(root, filter="fully_trusted")
-    return root
+    with exec_dir(tmp_path_factory, "minirootfs") as root:
+        with tarfile.open(alpine / MINIROOTFS) as tar:
+            tar.extractall(root, filter="fully_trusted")
+        yield root
 
 
 def stanzas(text: str) -> dict[str, str]:

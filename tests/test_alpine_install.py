@@ -17,7 +17,7 @@ from pipeline.alpine.apk import VerifiedApk
 from pipeline.alpine.install import _Installer
 from pipeline.alpine.package import Package
 from pipeline.run import run
-from tests.alpine_support import iso_repos, minirootfs, stanzas, tar_bytes  # noqa: F401
+from tests.alpine_support import exec_dir, iso_repos, minirootfs, stanzas, tar_bytes  # noqa: F401
 from tests.conftest import require_root
 
 WORLD = ["alpine-baselayout", "busybox", "musl", "apk-tools", "alpine-keys", "libc-utils",
@@ -43,11 +43,12 @@ def snapshot(root: Path) -> list[tuple]:
 @pytest.fixture(scope="module")
 def installed(iso_repos, tmp_path_factory):  # noqa: F811
     require_root()
-    root = tmp_path_factory.mktemp("target")
-    packages = iso_repos.resolve(WORLD)
-    result = install(packages, root, world=WORLD, epoch=EPOCH)
-    BEFORE_APK_RAN[root] = snapshot(root)    # apk itself writes var/cache/apk later
-    return root, result, packages
+    with exec_dir(tmp_path_factory, "target") as base:
+        root = base / "root"
+        packages = iso_repos.resolve(WORLD)
+        result = install(packages, root, world=WORLD, epoch=EPOCH)
+        BEFORE_APK_RAN[root] = snapshot(root)    # apk itself writes var/cache/apk later
+        yield root, result, packages
 
 
 BEFORE_APK_RAN: dict[Path, list[tuple]] = {}
@@ -152,11 +153,16 @@ def test_manifest_records(installed):
 def test_mtimes_are_clamped(installed):
     root, _result, _packages = installed
     assert max(entry[4] for entry in BEFORE_APK_RAN[root]) <= EPOCH
+    assert root.stat().st_mtime == EPOCH
 
 
-def test_install_is_reproducible(installed, iso_repos, tmp_path):  # noqa: F811
+def test_install_is_reproducible(installed, iso_repos, tmp_path_factory):  # noqa: F811
     root, _result, packages = installed
-    again = tmp_path / "again"
+    with exec_dir(tmp_path_factory, "again") as base:
+        check_reproducible(root, packages, base / "again")
+
+
+def check_reproducible(root, packages, again):
     seen = []
     install(packages, again, world=WORLD, epoch=EPOCH, progress=lambda *a: seen.append(a))
     assert snapshot(again) == BEFORE_APK_RAN[root]

@@ -173,7 +173,8 @@ class _Installer:
     def finish_dirs(self) -> None:
         """Set directory mtimes last (creating entries inside changed them)."""
         if self.epoch is not None:
-            for path in self.created:
+            # The root's own mtime ends up in the image (the squashfs root inode).
+            for path in [self.root, *self.created]:
                 self.dir_times.setdefault(path, self.epoch)
         for path in sorted(self.dir_times, key=lambda p: len(p.parts), reverse=True):
             os.utime(path, (self.dir_times[path],) * 2, follow_symlinks=False)
