@@ -26,9 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 from bay0.atomic import fsync_dir, write_atomic
-from bay0.errors import ExistsError, NotFoundError, UsageError, ValidationError
+from bay0.errors import ExistsError, FormatError, NotFoundError, UsageError, ValidationError
 from bay0.formats import minisign
 from bay0.formats.inventory import (
     CPU_PERIOD_DEFAULT,
@@ -48,6 +49,7 @@ from bay0.formats.inventory import (
     parse_inventory,
     verify_signed,
 )
+from pipeline.image import read_identity
 from spinectl.keys import signature_path, signing_time
 
 DAY = 86_400
@@ -190,12 +192,20 @@ def create(
 
 def image_record(image: str | os.PathLike[str]) -> ImageRecord:
     """Pin a pod image: its file name plus the identity read from the file."""
-    from pipeline.image import read_identity  # pipeline is heavier; only edits need it
-
     path = Path(image)
     if not path.is_file():
         raise NotFoundError(f"pod image {path} does not exist", "build it with spinectl image build")
-    return ImageRecord.from_identity(path.name, read_identity(path))
+    return ImageRecord.from_identity(path.name, _identity(path))
+
+
+def _identity(path: Path) -> Any:
+    """read_identity with the file named in any format error."""
+    try:
+        return read_identity(path)
+    except FormatError as e:
+        if str(path) in e.message:
+            raise
+        raise FormatError(f"pod image {path}: {e.message}", e.hint) from e
 
 
 def sign(
@@ -264,15 +274,13 @@ def verify(
 
 def check_pod(persona: Persona, pods: Path) -> str:
     """Compare the pod file named by ``persona`` in ``pods`` with its entry; return its path."""
-    from pipeline.image import read_identity
-
     image = pods / persona.image.file
     if not image.is_file():
         raise NotFoundError(
             f"persona {persona.name}: pod image {image} does not exist",
             "copy the pod next to the others or fix --pods",
         )
-    check_identity(persona, read_identity(image), fields=IDENTITY_FIELDS)
+    check_identity(persona, _identity(image), fields=IDENTITY_FIELDS)
     return str(image)
 
 

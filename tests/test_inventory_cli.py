@@ -197,6 +197,9 @@ def test_names_exist_or_not(spinectl, ws: Path) -> None:
     assert spinectl("inventory", "update", "inv.json", "--name", "nope", "--pids", "1").code == 6
     r = spinectl("inventory", "add", "inv.json", "--name", "api", "--image", "gone.img", *PERSONA)
     assert r.code == 6 and "gone.img does not exist" in r.err
+    (ws / "junk.img").write_bytes(b"\0" * 8192)
+    r = spinectl("inventory", "add", "inv.json", "--name", "api", "--image", "junk.img", *PERSONA)
+    assert r.code == 3 and "junk.img" in r.err
     assert spinectl("inventory", "remove", "inv.json", "web").code == 0
     assert json.loads(spinectl("inventory", "list", "inv.json", "--json").out)["personas"] == []
 
