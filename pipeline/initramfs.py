@@ -148,12 +148,14 @@ def build_initramfs(spec: InitramfsSpec, out: str | os.PathLike[str], *, compres
 
     Raises what ``stage`` raises, and ``FormatError`` for an unknown compression.
     """
-    with tempfile.TemporaryDirectory(prefix="spine-initramfs-") as tmp:
+    target = Path(out)
+    # Stage beside the output, not in /tmp: the tree is tens of MiB and /tmp may be small.
+    with tempfile.TemporaryDirectory(prefix=".spine-initramfs-", dir=target.parent) as tmp:
         root = Path(tmp) / "root"
         _mkdir(root)
         stage(spec, root)
         entries = cpio.entries_from_tree(root) + extra_entries()
-        return cpio.write_archive(out, entries, compress=compress)
+        return cpio.write_archive(target, entries, compress=compress)
 
 
 def test_spec(kernel: Kernel | None = None, *, workdir: Path | None = None) -> InitramfsSpec:

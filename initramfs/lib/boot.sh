@@ -112,3 +112,8 @@ is_blank() {
 has_ext4() {
 	[ "$(dd if="$1" bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')" = "53ef" ]
 }
+
+# is_luks DEV: the LUKS magic at byte 0 (cheaper than starting cryptsetup isLuks).
+is_luks() {
+	[ "$(dd if="$1" bs=6 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')" = "4c554b53babe" ]
+}
