@@ -229,9 +229,9 @@ def build_spine(recipe: Recipe, key: minisign.SecretKey, out: str | os.PathLike[
     _check_out(target, force)
     steps = _Steps(SPINE_STEPS, progress)
     steps("resolve packages")
-    plan = plan_rootfs(recipe)
     store = _open_cache(cache)
     try:
+        plan = plan_rootfs(recipe, memo=store)
         with _work_dir(target) as work:
             image, meta, digest, cached = _sealed_image(plan, store, Path(work), steps)
             steps("sign the manifest")
@@ -257,9 +257,9 @@ def build_pod(recipe: Recipe, out: str | os.PathLike[str], *, cache: ArtifactCac
     _check_out(target, force)
     steps = _Steps(POD_STEPS, progress)
     steps("resolve packages")
-    plan = plan_rootfs(recipe)
     store = _open_cache(cache)
     try:
+        plan = plan_rootfs(recipe, memo=store)
         with _work_dir(target) as work:
             image, meta, digest, cached = _sealed_image(plan, store, Path(work), steps)
             steps("write the image")

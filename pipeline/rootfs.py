@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +23,11 @@ from typing import Any
 from bay0.errors import CorruptionError, NotFoundError, ToolError, ValidationError
 from bay0.formats.minisign import PublicKey
 from pipeline import debian
+from pipeline import kernel as kernel_mod
 from pipeline.alpine import Package, RepoSet, RepositorySpec, install, open_repositories
-from pipeline.cache import digest_tree
+from pipeline.cache import ArtifactCache, digest_tree
 from pipeline.recipe import Recipe
-from pipeline.rootfs_kernel import KernelTree, find_kernel, install_kernel
+from pipeline.rootfs_kernel import find_kernel, host_kernel, install_kernel
 from pipeline.run import run
 
 MOUNT_POINTS = ("proc", "sys", "dev", "run", "tmp", "persist", "mnt/stage")
@@ -134,41 +135,32 @@ def world_of(recipe: Recipe) -> list[str]:
     return list(dict.fromkeys([*recipe.packages, *extra]))
 
 
-def candidates(names: Sequence[str]) -> dict[str, debian.Candidate]:
-    """What apt would fetch for each name, asked in one ``apt-cache show`` call.
+def apt_lists_state() -> list[list[Any]]:
+    """Names, sizes and times of apt's package lists: answers from other lists are stale."""
+    lists = Path("/var/lib/apt/lists")
+    files = sorted(lists.glob("*_Packages*")) if lists.is_dir() else []
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
-    Raises ``NotFoundError`` naming the first package apt does not know.
-    """
+
+def debian_candidates(names: list[str], memo: ArtifactCache | None) -> dict[str, debian.Candidate]:
+    """apt's candidate for each name; remembered in ``memo`` while apt's lists are unchanged
+    (one ``apt-cache show`` costs more than a whole warm build)."""
     if not names:
         return {}
-    proc = run(["apt-cache", "show", "--no-all-versions", *names], check=False)
-    found: dict[str, debian.Candidate] = {}
-    for stanza in proc.stdout.decode(errors="replace").split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in stanza.splitlines():
-            key, sep, value = line.partition(": ")
-            if sep and not line.startswith(" ") and key not in fields:
-                fields[key] = value.strip()
-        if {"Package", "Version", "Filename", "SHA256"} <= fields.keys():
-            found.setdefault(fields["Package"], debian.Candidate(
-                fields["Package"], fields["Version"], Path(fields["Filename"]).name, fields["SHA256"]))
-    for name in names:
-        if name not in found:
-            raise NotFoundError(f"Debian package {name!r} is not known to apt",
-                                "run apt-get update, or fix the name in the recipe's [[debian]] table")
-    return found
+    key = ArtifactCache.key("apt-candidates", [names, apt_lists_state()])
+    known = memo.get_json(key) if memo is not None else None
+    if known is None:
+        known = [c.__dict__ for c in debian.candidates(names)]
+        if memo is not None:
+            memo.put_json(key, known)
+    return {c["package"]: debian.Candidate(**c) for c in known}
 
 
 def kernel_package(name: str) -> str:
-    """Follow a Debian kernel metapackage (``linux-image-amd64``) to the real package."""
-    if not name.endswith(("-amd64", "-arm64")) or name.count("-") > 2:
+    """Follow a Debian kernel metapackage (``linux-image-amd64``) to the real image package."""
+    if re.match(r"linux-image-\d", name) or not name.startswith("linux-image-"):
         return name
-    out = run(["apt-cache", "depends", "--no-recommends", "--no-suggests", name]).stdout.decode()
-    for line in out.splitlines():
-        kind, _, dep = line.strip().partition(": ")
-        if kind == "Depends" and dep.startswith("linux-image-"):
-            return dep
-    return name
+    return next((d for d in debian.resolve_direct_depends(name) if d.startswith("linux-image-")), name)
 
 
 def read_trust_keys(paths: Sequence[Path]) -> list[tuple[str, bytes]]:
@@ -197,17 +189,19 @@ def read_trust_keys(paths: Sequence[Path]) -> list[tuple[str, bytes]]:
     return sorted(keys.items())
 
 
-def plan_rootfs(recipe: Recipe, *, alpine_cache: Any = None) -> Plan:
+def plan_rootfs(recipe: Recipe, *, memo: ArtifactCache | None = None, alpine_cache: Any = None) -> Plan:
     """Resolve every input of ``recipe`` without fetching packages.
 
     Raises the Alpine reader's errors (unknown key, bad signature, unknown package,
     missing dependency, conflict) and ``NotFoundError`` for an unknown Debian package.
+    ``memo`` remembers apt's answers between builds.
     """
     repos = open_repositories(repository_specs(recipe), recipe.alpine.keys, cache=alpine_cache)
     packages = repos.resolve(world_of(recipe))
     names = [n for b in recipe.debian for n in b.packages]
     kernel_name = kernel_package(recipe.kernel.debian) if recipe.kernel and recipe.kernel.debian else None
-    found = candidates(list(dict.fromkeys(names + ([kernel_name] if kernel_name else []))))
+    wanted = list(dict.fromkeys(names + ([kernel_name] if kernel_name else [])))
+    found = debian_candidates(wanted, memo)
     picks: dict[str, DebianPick] = {}
     for borrow in recipe.debian:
         for name in borrow.packages:
@@ -238,25 +232,23 @@ def install_debian(plan: Plan, root: Path) -> list[PackageRecord]:
             for p in plan.debian]
 
 
-def install_kernel_from_plan(plan: Plan, root: Path, work: Path) -> tuple[str | None, list[PackageRecord]]:
+def install_kernel_from_plan(plan: Plan, root: Path) -> tuple[str | None, list[PackageRecord]]:
     k = plan.recipe.kernel
     if k is None:
         return None, []
     records: list[PackageRecord] = []
     if plan.kernel_deb is not None:
-        aside = work / "kernel-deb"
-        debian.extract(fetch_checked([plan.kernel_deb]), aside)
-        source = find_kernel(aside, where=f"Debian package {plan.kernel_deb.candidate.package}")
         c = plan.kernel_deb.candidate
+        source = kernel_mod.fetch_kernel(c.package)  # extracted once into the cache
+        if source.deb_sha256 and source.deb_sha256 != c.sha256:
+            raise CorruptionError(f"Debian package {c.package}: the file differs from the one planned",
+                                  "apt's index changed during the build; build again")
         records.append(PackageRecord(c.package, c.version, c.sha256, "debian", plan.kernel_deb.reason))
     elif k.vmlinuz is not None and k.modules_dir is not None:
-        source = KernelTree(k.modules_dir.name, k.vmlinuz, k.modules_dir)
+        source = host_kernel(k.vmlinuz, k.modules_dir)
     else:
         source = find_kernel(root, where=f"Alpine package {k.package}")
-    release = install_kernel(source, root, k.modules)
-    if plan.kernel_deb is not None:
-        shutil.rmtree(work / "kernel-deb", ignore_errors=True)
-    return release, records
+    return install_kernel(source, root, k.modules), records
 
 
 def write_entries(recipe: Recipe, root: Path) -> None:
@@ -439,8 +431,7 @@ def assemble_rootfs(plan: Plan, root: Path, *, build_id: str = "", step: Step | 
     say("borrow Debian packages")
     records += install_debian(plan, root)
     say("install the kernel")
-    with tempfile.TemporaryDirectory(prefix="spine-kernel-", dir=root.parent) as work:
-        release, kernel_records = install_kernel_from_plan(plan, root, Path(work))
+    release, kernel_records = install_kernel_from_plan(plan, root)
     records += kernel_records
     say("write files and accounts")
     write_entries(recipe, root)
