@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno as errno_mod
 import fcntl
+import gc
 import os
 import re
 import resource
@@ -22,6 +23,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,6 +367,7 @@ class _Step:
 
 def _child(plan: _Plan) -> None:
     """Set up the sandbox, spawn the command, reap, exit. Never returns."""
+    gc.disable()  # a collection would touch (and copy) every page of the parent's heap
     step = _Step()
     try:
         code = _child_main(plan, step)
@@ -485,6 +488,9 @@ def _spawn_and_reap(plan: _Plan, path: bytes) -> int:
         if child[0]:
             os.kill(child[0], signum)
 
+    for signum in plan.sigdef:  # ignored dispositions would survive execve
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
     for signum in FORWARDED:
         signal.signal(signum, forward)
     child[0] = _start_command(plan, path)
@@ -502,30 +508,21 @@ def _spawn_and_reap(plan: _Plan, path: bytes) -> int:
 
 
 def _start_command(plan: _Plan, path: bytes) -> int:
-    """fork + execve with every signal at its default; raises ``OSError`` if exec fails.
+    """vfork + execve through ``subprocess``; raises ``OSError`` if exec fails.
 
-    Not posix_spawn: glibc's leaves its internal signals (32, 33) ignored in the child,
-    and ignored dispositions survive execve.
+    vfork copies no page tables and takes no copy-on-write faults; CPython's child
+    runs only C code, resets handlers and the mask, and reports exec errors. No signal
+    is ignored at this point (reset by the caller), so the command starts with every
+    default disposition. Not ``os.posix_spawn``: glibc's leaves its internal signals
+    (32, 33) ignored in the child, and musl programs need those.
     """
-    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
-    pid = ns.clone_process(0)
-    if pid == 0:
-        try:
-            for signum in plan.sigdef:
-                signal.signal(signum, signal.SIG_DFL)
-            os.setsid()
-            os.execve(path, plan.argv, plan.env)
-        except BaseException as e:
-            os.write(exec_w, struct.pack("<i", getattr(e, "errno", None) or errno_mod.EINVAL))
-        os._exit(127)
-    os.close(exec_w)
-    failure = _read_exact(exec_r, 4)
-    os.close(exec_r)
-    if failure:
-        err = struct.unpack("<i", failure)[0]
-        os.waitpid(pid, 0)
-        raise OSError(err, f"{path.decode(errors='replace')}: {os.strerror(err)}")
-    return pid
+    proc = subprocess.Popen(plan.argv, executable=path, env=plan.env, close_fds=False,
+                            restore_signals=False, start_new_session=True)
+    _KEEP.append(proc)  # never waited through Popen: the reaper loop collects it
+    return proc.pid
+
+
+_KEEP: list[subprocess.Popen] = []
 
 
 def spec_from_inventory(persona: Any, root: str, **overrides: Any) -> PersonaSpec:
