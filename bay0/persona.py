@@ -156,6 +156,24 @@ class Persona:
         self._pidfd = pidfd if pidfd >= 0 else os.pidfd_open(pid)
         self.status: ExitStatus | None = None
 
+    def fileno(self) -> int:
+        """A pidfd of the persona's PID 1: readable once it has exited (for poll/select)."""
+        return self._pidfd
+
+    def collect(self, wait_status: int) -> ExitStatus:
+        """Record an exit that a global reaper (bay0's waitpid(-1) loop) already collected."""
+        return self._finish(wait_status)
+
+    def _finish(self, wait_status: int) -> ExitStatus:
+        record = _read_record(self._report_fd)
+        if record and record[0] == "X":
+            self.status = ExitStatus.from_wait(record[1])
+        else:  # PID 1 itself was killed (cgroup.kill): the whole namespace went with it
+            self.status = ExitStatus.from_wait(wait_status)
+        os.close(self._report_fd)
+        os.close(self._pidfd)
+        return self.status
+
     def wait(self, timeout: float | None = None) -> ExitStatus:
         """Wait for the command to end; raises ``TimeoutError`` after ``timeout`` seconds."""
         if self.status is not None:
@@ -163,14 +181,7 @@ class Persona:
         if timeout is not None and not select.select([self._pidfd], [], [], timeout)[0]:
             raise TimeoutError(f"persona {self.name} still running after {timeout}s")
         _, status = os.waitpid(self.pid, 0)
-        record = _read_record(self._report_fd)
-        if record and record[0] == "X":
-            self.status = ExitStatus.from_wait(record[1])
-        else:  # PID 1 itself was killed (cgroup.kill): the whole namespace went with it
-            self.status = ExitStatus.from_wait(status)
-        os.close(self._report_fd)
-        os.close(self._pidfd)
-        return self.status
+        return self._finish(status)
 
     def kill(self) -> None:
         """SIGKILL everything in the persona's cgroup; raises ``CgroupError``."""

@@ -154,7 +154,7 @@ def test_proc_masked_and_readonly(world) -> None:
     mounts = {line.split()[4]: line.split()[5] for line in lines if " - " in line}
     for path in ("/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq"):
         assert mounts[path].startswith("ro"), path
-    assert "hidepid=invisible" in out
+    assert "hidepid=invisible" in out or "hidepid=2" in out
 
 
 def test_privileges_all_gone(world) -> None:
@@ -267,6 +267,16 @@ def test_no_mount_leaks_to_the_host_and_kill_uses_the_cgroup(world) -> None:
     finally:
         persona.close()
     assert not persona.cgroup.path.exists()
+
+
+def test_exit_collected_by_a_global_reaper(world) -> None:
+    persona = launch(make_spec(world, "/bin/sh", "-c", "exit 7"))
+    import select
+
+    assert select.select([persona], [], [], 10)[0]
+    _, status = os.waitpid(-1, 0)  # what bay0's reaper loop does
+    assert persona.collect(status).code == 7
+    persona.close()
 
 
 def test_sigterm_to_pid1_reaches_the_command(world) -> None:

@@ -59,7 +59,7 @@ def setup_dev(dev: bytes) -> None:
 
 def setup_proc(proc: bytes, dev_null: bytes) -> None:
     """A fresh procfs for the new PID namespace with the masked and read-only paths."""
-    m.mount(b"proc", proc, b"proc", NOSUID_NODEV_NOEXEC, b"hidepid=invisible")
+    m.mount(b"proc", proc, b"proc", NOSUID_NODEV_NOEXEC, b"hidepid=2")  # = invisible (5.8+)
     for name in PROC_MASKED:
         path = proc + b"/" + name.encode()
         try:
