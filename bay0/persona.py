@@ -474,6 +474,8 @@ def _drop_privileges(plan: _Plan, step: _Step) -> None:
     step.name = "capabilities"
     caps.clear_capabilities()
     caps.set_dumpable(False)
+    # after the id change (which clears it): die with the launcher, like bwrap --die-with-parent
+    caps.prctl(caps.PR_SET_PDEATHSIG, signal.SIGKILL)
     step.name = "no-new-privs"
     caps.set_no_new_privs()
     step.name = "seccomp"
