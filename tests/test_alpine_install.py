@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -250,3 +251,46 @@ def test_scripts_tar_is_readable(installed):
     data = (root / "lib/apk/db/scripts.tar").read_bytes()
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert all(m.mode == 0o755 and m.mtime <= EPOCH for m in tar)
+
+
+# --- the same packages installed by the real apk-tools --------------------------
+
+APK_WORLD = ["alpine-baselayout", "busybox", "musl", "apk-tools", "alpine-keys", "libc-utils",
+             "tzdata", "busybox-suid", "e2fsprogs"]
+# What apk --initdb and its script runner create that no package owns.
+APK_ONLY = {"dev/console", "dev/null", "dev/random", "dev/urandom", "dev/zero", "var/cache/apk"}
+# apk creates these before extracting and then leaves the existing mode alone (so its own
+# `apk audit` reports "m proc/"); we apply the mode the package declares.
+MODE_DIFFERS = {"proc", "lib/apk/exec"}
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    return {entry[0]: (entry[1], entry[2], entry[3], entry[5]) for entry in snapshot(root)}
+
+
+def test_same_result_as_a_real_apk_install(alpine, minirootfs, iso_repos, tmp_path_factory):  # noqa: F811
+    """apk-tools 2.14.4 installs the same packages into an empty root in a chroot."""
+    require_root()
+    base = minirootfs / "spine-apk"
+    shutil.copytree(alpine / "v3.19/iso-repo/x86_64", base / "repo/x86_64", dirs_exist_ok=True)
+    (base / "target").mkdir()
+    run(["chroot", str(minirootfs), "/sbin/apk", "--root", "/spine-apk/target", "--initdb",
+         "--no-network", "--keys-dir", "/etc/apk/keys", "--repository", "/spine-apk/repo",
+         "add", *APK_WORLD])
+    theirs = base / "target"
+    with exec_dir(tmp_path_factory, "ours") as scratch:
+        ours = scratch / "root"
+        install(iso_repos.resolve(APK_WORLD), ours, world=APK_WORLD)
+        for name in ("installed", "triggers"):
+            assert (ours / "lib/apk/db" / name).read_bytes() == \
+                (theirs / "lib/apk/db" / name).read_bytes(), name
+        assert (ours / "etc/apk/world").read_bytes() == (theirs / "etc/apk/world").read_bytes()
+        mine, real = tree(ours), tree(theirs)
+    assert len(real) > 1500 and APK_ONLY <= set(real)
+    for path in sorted(set(mine) | set(real)):
+        if path in APK_ONLY or path == "lib/apk/db/scripts.tar":   # same members, other order
+            continue
+        if path in MODE_DIFFERS:
+            assert mine[path][1:] == real[path][1:], path
+            continue
+        assert mine.get(path) == real.get(path), path

@@ -264,6 +264,7 @@ def _write_database(root, entries, world, epoch, arch, installer) -> None:
     resolve_dir(root, "lib/apk/exec", created=installer.created)
     apk_etc = resolve_dir(root, "etc/apk", created=installer.created)
     names = sorted(set(world if world is not None else (e.package.name for e in entries)))
+    entries = sorted(entries, key=lambda e: e.package.name)   # apk keeps its db sorted by name
     files = [
         (db_dir / "installed", db.render_installed(entries), 0o644),
         (db_dir / "scripts.tar", db.render_scripts_tar(entries, epoch), 0o644),
