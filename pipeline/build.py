@@ -34,7 +34,7 @@ from pipeline import spine as spine_mod
 from pipeline.cache import ArtifactCache, digest_inputs
 from pipeline.image import file_sha256, seal
 from pipeline.recipe import Recipe
-from pipeline.rootfs import Plan, assemble_rootfs, inside, plan_rootfs
+from pipeline.rootfs import Plan, alpine_release, assemble_rootfs, inside, plan_rootfs
 from pipeline.run import run
 from pipeline.squashfs import make_squashfs
 
@@ -132,17 +132,12 @@ def persona_document(recipe: Recipe, packages: list[dict[str, Any]], alpine: str
             "recipe_digest": recipe.digest, "packages": packages}
 
 
-def _alpine_release(root: Path, recipe: Recipe) -> str:
-    path = root / "etc/alpine-release"
-    return path.read_text().strip() if path.is_file() else recipe.alpine.release
-
-
 def _make_image(plan: Plan, work: Path, digest: str, steps: _Steps) -> tuple[Path, dict[str, Any]]:
     """Assemble, squash and seal; return the sealed image and what to remember about it."""
     root = work / "root"
     result = assemble_rootfs(plan, root, build_id=digest[:32], step=steps)
     packages = [p.to_dict() for p in result.packages]
-    alpine = _alpine_release(root, plan.recipe)
+    alpine = alpine_release(root, plan.recipe)
     meta: dict[str, Any] = {"packages": packages, "alpine_release": alpine,
                             "kernel_release": result.kernel_release}
     if plan.recipe.kind == "pod":

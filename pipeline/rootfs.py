@@ -334,6 +334,12 @@ def exists_in_root(root: Path, path: str, hops: int = 40) -> bool:
     return False
 
 
+def alpine_release(root: Path, recipe: Recipe) -> str:
+    """The exact Alpine release installed (``/etc/alpine-release``), else the recipe's branch."""
+    path = root / "etc/alpine-release"
+    return path.read_text().strip() if path.is_file() else recipe.alpine.release
+
+
 def install_bay0(plan: Plan, root: Path, release: dict[str, str]) -> None:
     """bay0 as interfaces.md lays it out: package, launcher, keys, release, mount points."""
     b = plan.recipe.bay0
@@ -439,7 +445,7 @@ def assemble_rootfs(plan: Plan, root: Path, *, build_id: str = "", step: Step | 
     apply_excludes(root, recipe.exclude)
     if recipe.kind == "spine":
         say("install bay0")
-        info = {"version": recipe.version, "build_id": build_id, "alpine": recipe.alpine.release}
+        info = {"version": recipe.version, "build_id": build_id, "alpine": alpine_release(root, recipe)}
         if release:
             info["kernel"] = release
         install_bay0(plan, root, info)
