@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bay0.errors import CorruptionError, ExistsError
-from pipeline.alpine import PackageConflictError, install
+from pipeline.alpine import PackageConflictError, db, install
 from pipeline.alpine.apk import VerifiedApk
 from pipeline.alpine.install import _Installer
 from pipeline.alpine.package import Package
@@ -294,3 +295,47 @@ def test_same_result_as_a_real_apk_install(alpine, minirootfs, iso_repos, tmp_pa
             assert mine[path][1:] == real[path][1:], path
             continue
         assert mine.get(path) == real.get(path), path
+
+
+def unsigned_apk(data_entries) -> tuple[bytes, bytes]:
+    """A minimal unsigned apk (control + data) and its inflated data tar."""
+    data_tar = tar_bytes(data_entries)
+    data = gzip.compress(data_tar, mtime=0)
+    pkginfo = ("pkgname = xt\npkgver = 1.0-r0\npkgdesc = x\nurl = x\nbuilddate = 1700000000\n"
+               f"size = 100\narch = noarch\nlicense = MIT\n"
+               f"datahash = {hashlib.sha256(data).hexdigest()}\n").encode()
+    info = tarfile.TarInfo(".PKGINFO")
+    info.size = len(pkginfo)
+    control = tar_bytes([(info, pkginfo)])
+    control = control[: 512 + (len(pkginfo) + 511) // 512 * 512]   # no end-of-archive blocks
+    return gzip.compress(control, mtime=0) + data, data_tar
+
+
+def test_xattr_checksums_match_real_apk(minirootfs, tmp_path):  # noqa: F811
+    require_root()
+    content = b"hello xattr\n"
+    entries = []
+    for name in ("usr", "usr/share", "usr/share/xt"):
+        info = tarfile.TarInfo(name)
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        entries.append((info, None))
+    entries[-1][0].pax_headers = {"SCHILY.xattr.user.dir": "d"}
+    info = tarfile.TarInfo("usr/share/xt/file")
+    info.size, info.mode = len(content), 0o644
+    info.pax_headers = {"APK-TOOLS.checksum.SHA1": hashlib.sha1(content).hexdigest(),
+                        "SCHILY.xattr.user.beta": "two", "SCHILY.xattr.user.alpha": "one"}
+    entries.append((info, content))
+    apk_bytes, data_tar = unsigned_apk(entries)
+    base = minirootfs / "spine-xattr"
+    (base / "target").mkdir(parents=True)
+    (base / "xt-1.0-r0.apk").write_bytes(apk_bytes)
+    run(["chroot", str(minirootfs), "/sbin/apk", "--root", "/spine-xattr/target", "--initdb",
+         "--no-network", "--allow-untrusted", "add", "/spine-xattr/xt-1.0-r0.apk"])
+    theirs = stanzas((base / "target/lib/apk/db/installed").read_text())["xt"]
+    pkg = Package("xt", "1.0-r0", checksum="Q1x")
+    entry = _Installer(tmp_path, None).extract(pkg, VerifiedApk("Q1x", "k", {}, {}, data_tar))
+    ours = db.render_entry(entry)
+    files_part = theirs[theirs.index("F:"):].strip()
+    assert ours[ours.index("F:"):].strip() == files_part
+    assert "M:0:0:755:Q1nQlL7m+ffCWLVnNJDy96V2EGyz4=" in files_part
+    assert os.getxattr(tmp_path / "usr/share/xt/file", "user.alpha") == b"one"

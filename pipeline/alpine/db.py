@@ -6,31 +6,52 @@ package, separated by a blank line. The header repeats the index fields
 priority), then for every directory the package owns ``F:<dir>`` with ``M:uid:gid:mode``
 when it is not root:root 0755, and under it each file ``R:<name>`` with
 ``a:uid:gid:mode`` when not root:root 0644 and ``Z:Q1<base64 sha1>``.
-Modes are octal without a leading zero.
+Modes are octal without a leading zero; ``:Q1<xattr checksum>`` follows the mode
+when the entry has extended attributes.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import struct
 import tarfile
 from dataclasses import dataclass, field
 
 from pipeline.alpine.package import Package
 
-DEFAULT_DIR_ACL = (0, 0, 0o755)
-DEFAULT_FILE_ACL = (0, 0, 0o644)
+# (uid, gid, mode, xattr checksum or None)
+Acl = tuple[int, int, int, str | None]
+DEFAULT_DIR_ACL: Acl = (0, 0, 0o755, None)
+DEFAULT_FILE_ACL: Acl = (0, 0, 0o644, None)
+
+
+def xattr_checksum(xattrs: dict[str, bytes]) -> str | None:
+    """apk's checksum of a file's xattrs, the 4th field of ``a:``/``M:``.
+
+    sha1 over the xattrs sorted by name, each as big-endian u32 length + name,
+    then u32 length + value (checked against apk-tools 2.14.4 by a test).
+    """
+    if not xattrs:
+        return None
+    digest = hashlib.sha1()
+    for name in sorted(xattrs, key=lambda n: n.encode()):
+        for part in (name.encode(), xattrs[name]):
+            digest.update(struct.pack(">I", len(part)) + part)
+    return "Q1" + base64.b64encode(digest.digest()).decode()
 
 
 @dataclass
 class FileRecord:
     name: str
-    acl: tuple[int, int, int]
+    acl: Acl
     checksum: str | None
 
 
 @dataclass
 class DirRecord:
-    acl: tuple[int, int, int] = DEFAULT_DIR_ACL
+    acl: Acl = DEFAULT_DIR_ACL
     files: list[FileRecord] = field(default_factory=list)
 
 
@@ -52,8 +73,9 @@ class DbEntry:
             record.files = [f for f in record.files if f.name != name]
 
 
-def _acl_line(letter: str, acl: tuple[int, int, int]) -> str:
-    return f"{letter}:{acl[0]}:{acl[1]}:{acl[2]:o}\n"
+def _acl_line(letter: str, acl: Acl) -> str:
+    xattrs = f":{acl[3]}" if acl[3] else ""
+    return f"{letter}:{acl[0]}:{acl[1]}:{acl[2]:o}{xattrs}\n"
 
 
 def package_header(pkg: Package) -> str:

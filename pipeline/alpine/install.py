@@ -110,20 +110,22 @@ class _Installer:
         mode = stat.S_IMODE(member.mode)
         parent = resolve_dir(self.root, dirname, created=self.created)
         dest = parent / base
+        xattrs = _xattrs(member)
+        acl = (uid, gid, mode, db.xattr_checksum(xattrs))
         if member.isdir():
             if not dest.is_dir():
                 remove_nondir(dest)
                 dest.mkdir()
             set_owner_mode_time(dest, uid, gid, mode, None, chown=self.chown)
-            _set_xattrs(dest, member)
+            _set_xattrs(dest, xattrs)
             self.dir_times[dest] = self.clamp(member.mtime)
-            entry.dir(rel).acl = (uid, gid, mode)
+            entry.dir(rel).acl = acl
             return
         checksum = self._write(pkg, rel, dest, member, tar)
         set_owner_mode_time(dest, uid, gid, mode, self.clamp(member.mtime), chown=self.chown)
-        _set_xattrs(dest, member)
+        _set_xattrs(dest, xattrs)
         self._claim(entry, rel, dirname, base)
-        entry.dir(dirname).files.append(db.FileRecord(base, (uid, gid, mode), checksum))
+        entry.dir(dirname).files.append(db.FileRecord(base, acl, checksum))
 
     def _write(self, pkg, rel, dest, member, tar) -> str | None:
         expected = member.pax_headers.get(PAX_SHA1)
@@ -180,12 +182,15 @@ class _Installer:
             os.utime(path, (self.dir_times[path],) * 2, follow_symlinks=False)
 
 
-def _set_xattrs(path: Path, member: tarfile.TarInfo) -> None:
-    """Apply PAX ``SCHILY.xattr.*`` records (file capabilities and the like)."""
-    for key, value in sorted(member.pax_headers.items()):
-        if key.startswith(XATTR_PREFIX):
-            raw = value.encode("utf-8", "surrogateescape")
-            os.setxattr(path, key[len(XATTR_PREFIX):], raw, follow_symlinks=False)
+def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
+    """PAX ``SCHILY.xattr.*`` records (file capabilities and the like), raw values."""
+    return {key[len(XATTR_PREFIX):]: value.encode("utf-8", "surrogateescape")
+            for key, value in member.pax_headers.items() if key.startswith(XATTR_PREFIX)}
+
+
+def _set_xattrs(path: Path, xattrs: dict[str, bytes]) -> None:
+    for name in sorted(xattrs):
+        os.setxattr(path, name, xattrs[name], follow_symlinks=False)
 
 
 def _with_pkginfo(pkg: Package, verified: VerifiedApk) -> Package:
