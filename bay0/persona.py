@@ -1,10 +1,10 @@
 """The persona launcher: one verified image directory in, one contained process out.
 
-``launch(spec)`` creates the persona's cgroup, then a single raw ``clone`` into new
-PID, mount, UTS, IPC and network namespaces. That child is PID 1 of the persona: it
-joins the cgroup and a new cgroup namespace, builds the filesystem view
+``launch(spec)`` creates the persona's cgroup, then a single raw ``clone3`` into new
+PID, mount, UTS, IPC, network and cgroup namespaces, straight into that cgroup. The
+child is PID 1 of the persona (bay0.sys.sandbox): it builds the filesystem view
 (bay0.sys.rootfs), sets hostname, loopback, rlimits and ids, drops every capability,
-locks securebits, sets no_new_privs, loads the seccomp filter, and spawns the command
+locks securebits, sets no_new_privs, loads the seccomp filter, and starts the command
 as PID 2 with default signal dispositions, then reaps until the command exits and
 exits with its status. Every setup failure comes back over a close-on-exec pipe as
 (step, errno, message), so a launch either succeeds or raises ``SandboxError`` naming
@@ -14,32 +14,23 @@ the step. docs/implementation/sandbox.md explains each step.
 from __future__ import annotations
 
 import errno as errno_mod
-import fcntl
-import gc
 import os
 import re
-import resource
 import select
 import signal
-import socket
-import struct
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bay0.formats.inventory import RESERVED_TARGETS
-from bay0.sys import SandboxError, caps, netns, ns, rootfs
+from bay0.sys import SandboxError, caps, netns, ns
 from bay0.sys.cgroup import Ceilings, Cgroup, own_cgroup
-from bay0.sys.libc import close_range
+from bay0.sys.sandbox import Plan, read_record, run_child
 from bay0.sys.seccomp import LoadableFilter, build_filter
 from bay0.sys.seccomp_profiles import PROFILES
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-SIOCSIFFLAGS = 0x8914
-IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _CHILD_FLAGS = ns.PERSONA_NAMESPACES
 
 
@@ -120,28 +111,6 @@ class ExitStatus:
         return cls(os.WEXITSTATUS(status), None)
 
 
-@dataclass
-class _Plan:
-    """Values computed before the fork so the child does only system calls."""
-
-    spec: PersonaSpec
-    root: bytes
-    persist: bytes
-    binds: list[tuple[bytes, bytes, bool, bool]]
-    argv: list[bytes]
-    env: dict[bytes, bytes]
-    program: bytes
-    filter: LoadableFilter
-    last_cap: int
-    cgroup_fd: int
-    sync_fd: int
-    sync_w: int
-    report_fd: int
-    stdio: tuple[int, int, int]
-    sigdef: set[int]
-    join_cgroup: bool = False
-
-
 class Persona:
     """A running persona: host pid of its PID 1, its cgroup, wait/kill."""
 
@@ -165,7 +134,7 @@ class Persona:
         return self._finish(wait_status)
 
     def _finish(self, wait_status: int) -> ExitStatus:
-        record = _read_record(self._report_fd)
+        record = read_record(self._report_fd)
         if record and record[0] == "X":
             self.status = ExitStatus.from_wait(record[1])
         else:  # PID 1 itself was killed (cgroup.kill): the whole namespace went with it
@@ -224,13 +193,13 @@ def launch(spec: PersonaSpec, *, stdin: int | None = None, stdout: int | None = 
         group.remove()
         raise
     if pid == 0:
-        _child(plan)  # never returns
+        run_child(plan)  # never returns
     keep = (opened[0], plan.sync_w)
     _close_all([fd for fd in opened if fd not in keep])
     return _finish_launch(spec, plan, pid, pidfd, group, opened[0])
 
 
-def _finish_launch(spec: PersonaSpec, plan: _Plan, pid: int, pidfd: int, group: Cgroup,
+def _finish_launch(spec: PersonaSpec, plan: Plan, pid: int, pidfd: int, group: Cgroup,
                    report_r: int) -> Persona:
     """Parent side after clone: host networking, then the child's first report."""
     failure: BaseException | None = None
@@ -241,7 +210,7 @@ def _finish_launch(spec: PersonaSpec, plan: _Plan, pid: int, pidfd: int, group: 
         except BaseException as e:  # the child sees EOF and stops; report this instead
             failure = e
         os.close(plan.sync_w)
-    record = _read_record(report_r)
+    record = read_record(report_r)
     if record and record[0] == "R" and failure is None:
         return Persona(spec.name, pid, pidfd, record[1], group, report_r, spec.network is not None)
     if pidfd >= 0:
@@ -284,7 +253,7 @@ def _describe(status: int) -> str:
     return f"exit status {os.WEXITSTATUS(status)}"
 
 
-def _prepare(spec: PersonaSpec, group: Cgroup, stdio: tuple[int | None, ...], opened: list[int]) -> _Plan:
+def _prepare(spec: PersonaSpec, group: Cgroup, stdio: tuple[int | None, ...], opened: list[int]) -> Plan:
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     opened += [report_r, report_w]
     fds = []
@@ -300,7 +269,7 @@ def _prepare(spec: PersonaSpec, group: Cgroup, stdio: tuple[int | None, ...], op
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         opened += [sync_r, sync_w]
     program = build_filter(spec.seccomp, spec.network is not None)
-    return _Plan(
+    return Plan(
         spec=spec, root=os.fsencode(spec.root), persist=os.fsencode(spec.persist),
         binds=[(os.fsencode(b.source), os.fsencode(b.target), b.rw, b.exec) for b in spec.binds],
         argv=[os.fsencode(a) for a in spec.argv],
@@ -315,7 +284,7 @@ _FILTERS: dict[bytes, LoadableFilter] = {}
 _CACHE: dict[str, object] = {}
 
 
-def _clone(plan: _Plan, opened: list[int]) -> tuple[int, int]:
+def _clone(plan: Plan, opened: list[int]) -> tuple[int, int]:
     """clone3 straight into the cgroup; on kernels without it, clone and join from inside."""
     if not _CACHE.get("no_clone3"):
         try:
@@ -344,198 +313,6 @@ def _last_cap() -> int:
 
 def _sigdef() -> set[int]:
     return {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
-
-
-# ---- parent <-> child report records ---------------------------------------------
-
-def _read_record(fd: int) -> tuple | None:
-    head = _read_exact(fd, 5)
-    if len(head) < 5:
-        return None
-    kind, value = head[:1].decode(), struct.unpack("<i", head[1:])[0]
-    if kind != "E":
-        return (kind, value)
-    size = struct.unpack("<H", _read_exact(fd, 2))[0]
-    step, _, message = _read_exact(fd, size).decode(errors="replace").partition("\0")
-    return ("E", value, step, message)
-
-
-def _read_exact(fd: int, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-# ---- the child: PID 1 of the persona ---------------------------------------------
-
-class _Step:
-    name = "start"
-
-
-def _child(plan: _Plan) -> None:
-    """Set up the sandbox, spawn the command, reap, exit. Never returns."""
-    gc.disable()  # a collection would touch (and copy) every page of the parent's heap
-    step = _Step()
-    try:
-        code = _child_main(plan, step)
-    except BaseException as e:  # report every failure as (step, errno, message)
-        err = getattr(e, "errno", None) or 0
-        text = f"{step.name}\0{e.strerror if isinstance(e, OSError) and e.strerror else e}".encode()[:1000]
-        try:
-            os.write(plan.report_fd, b"E" + struct.pack("<iH", err, len(text)) + text)
-        finally:
-            os._exit(127)
-    os._exit(code)
-
-
-def _child_main(plan: _Plan, step: _Step) -> int:
-    spec = plan.spec
-    step.name = "signals"
-    caps.set_comm(b"persona-init")
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    signal.set_wakeup_fd(-1)
-    if plan.join_cgroup:  # no clone3: move in, then root a cgroup namespace here
-        step.name = "cgroup"
-        os.write(plan.cgroup_fd, b"0")
-        ns.unshare(ns.CLONE_NEWCGROUP)
-    if plan.sync_fd >= 0:  # veth: wait for bay0 to move our end in, then configure it
-        step.name = "network"
-        os.close(plan.sync_w)
-        if os.read(plan.sync_fd, 1) != b"g":
-            raise OSError(errno_mod.ECANCELED, "bay0 could not set up the host side")
-        netns.configure_inside(spec.network)
-    _build_root(plan, step)
-    step.name = "hostname"
-    socket.sethostname(spec.name)
-    step.name = "loopback"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP_LOOPBACK_RUNNING))
-    step.name = "rlimits"
-    for limit, value in ((resource.RLIMIT_NOFILE, spec.nofile), (resource.RLIMIT_NPROC, spec.nproc),
-                         (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(limit, (value, value))
-    step.name = "setsid"
-    os.setsid()
-    step.name = "fds"
-    _arrange_fds(plan)
-    _drop_privileges(plan, step)
-    step.name = "chdir"
-    os.chdir(spec.cwd)
-    os.umask(0o077)
-    step.name = "exec"
-    return _spawn_and_reap(plan, _resolve(plan))
-
-
-def _build_root(plan: _Plan, step: _Step) -> None:
-    root = plan.root
-    step.name = "mount-private"
-    rootfs.make_private()
-    step.name = "root-bind"
-    rootfs.bind_root(root)
-    os.umask(0)
-    step.name = "dev"
-    rootfs.setup_dev(root + b"/dev")
-    step.name = "proc"
-    rootfs.setup_proc(root + b"/proc", root + b"/dev/null")
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    for source, target, rw, exec_ in plan.binds:
-        step.name = f"bind {target.decode(errors='replace')}"
-        rootfs.bind(root_fd, plan.persist, source, target, rw, exec_)
-    os.close(root_fd)
-    step.name = "pivot-root"
-    rootfs.pivot(root)
-    step.name = "root-readonly"
-    rootfs.seal_root()
-
-
-def _arrange_fds(plan: _Plan) -> None:
-    """stdio onto 0-2, the report pipe onto 3 (close-on-exec), everything else closed."""
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (*plan.stdio, plan.report_fd)]
-    for target, fd in enumerate(high[:3]):
-        os.dup2(fd, target, inheritable=True)
-    os.dup2(high[3], 3, inheritable=False)
-    plan.report_fd = 3
-    close_range(4)
-
-
-def _drop_privileges(plan: _Plan, step: _Step) -> None:
-    spec = plan.spec
-    step.name = "bounding-set"
-    caps.drop_bounding_set(plan.last_cap)
-    caps.clear_ambient()
-    step.name = "securebits"
-    caps.lock_securebits()
-    step.name = "ids"
-    caps.switch_ids(spec.uid, spec.gid)
-    step.name = "capabilities"
-    caps.clear_capabilities()
-    caps.set_dumpable(False)
-    # after the id change (which clears it): die with the launcher, like bwrap --die-with-parent
-    caps.prctl(caps.PR_SET_PDEATHSIG, signal.SIGKILL)
-    step.name = "no-new-privs"
-    caps.set_no_new_privs()
-    step.name = "seccomp"
-    plan.filter.load()
-
-
-def _resolve(plan: _Plan) -> bytes:
-    program = plan.argv[0]
-    if b"/" in program:
-        return program
-    for directory in plan.env.get(b"PATH", b"/usr/sbin:/usr/bin:/sbin:/bin").split(b":"):
-        candidate = directory + b"/" + program
-        if os.access(candidate, os.X_OK):
-            return candidate
-    raise FileNotFoundError(errno_mod.ENOENT, f"{program.decode(errors='replace')} not found in PATH")
-
-
-def _spawn_and_reap(plan: _Plan, path: bytes) -> int:
-    """Start the command as PID 2, report it, reap every child until it exits."""
-    child = [0]
-
-    def forward(signum: int, _frame: object) -> None:
-        if child[0]:
-            os.kill(child[0], signum)
-
-    for signum in plan.sigdef:  # ignored dispositions would survive execve
-        if signal.getsignal(signum) == signal.SIG_IGN:
-            signal.signal(signum, signal.SIG_DFL)
-    for signum in FORWARDED:
-        signal.signal(signum, forward)
-    child[0] = _start_command(plan, path)
-    os.write(plan.report_fd, b"R" + struct.pack("<i", child[0]))
-    while True:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            return 127
-        if pid == child[0]:
-            os.write(plan.report_fd, b"X" + struct.pack("<i", status))
-            if os.WIFSIGNALED(status):
-                return 128 + os.WTERMSIG(status)
-            return os.WEXITSTATUS(status)
-
-
-def _start_command(plan: _Plan, path: bytes) -> int:
-    """vfork + execve through ``subprocess``; raises ``OSError`` if exec fails.
-
-    vfork copies no page tables and takes no copy-on-write faults; CPython's child
-    runs only C code, resets handlers and the mask, and reports exec errors. No signal
-    is ignored at this point (reset by the caller), so the command starts with every
-    default disposition. Not ``os.posix_spawn``: glibc's leaves its internal signals
-    (32, 33) ignored in the child, and musl programs need those.
-    """
-    proc = subprocess.Popen(plan.argv, executable=path, env=plan.env, close_fds=False,
-                            restore_signals=False, start_new_session=True)
-    _KEEP.append(proc)  # never waited through Popen: the reaper loop collects it
-    return proc.pid
-
-
-_KEEP: list[subprocess.Popen] = []
 
 
 def spec_from_inventory(persona: Any, root: str, **overrides: Any) -> PersonaSpec:

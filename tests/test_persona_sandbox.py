@@ -232,9 +232,11 @@ def test_symlink_bind_source_is_refused(world, source: str) -> None:
 
 
 def test_launch_failure_names_the_step(world) -> None:
+    spec = make_spec(world, "/no/such/program")
     with pytest.raises(SandboxError) as info:
-        launch(make_spec(world, "/no/such/program"))
+        launch(spec)
     assert info.value.step == "exec" and info.value.errno == 2
+    assert not (cgroup2_mount() / spec.name).exists()  # nothing left behind
     with pytest.raises(SandboxError) as info:
         launch(make_spec(world, "/bin/true", binds=(Bind("data", "/no-such-dir"),)))
     assert info.value.step == "bind /no-such-dir" and "No such file" in info.value.message
