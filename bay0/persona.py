@@ -83,8 +83,11 @@ class PersonaSpec:
             problems.append("argv is empty")
         if self.seccomp not in PROFILES:
             problems.append(f"unknown seccomp profile {self.seccomp!r} (known: {', '.join(PROFILES)})")
-        if not os.path.isabs(self.root) or not os.path.isabs(self.persist):
-            problems.append("root and persist must be absolute paths")
+        if not all(os.path.isabs(p) for p in (self.root, self.persist, self.cwd)):
+            problems.append("root, persist and cwd must be absolute paths")
+        if any("\0" in a for a in self.argv) or any(
+                "\0" in k + v or "=" in k or not k for k, v in self.env.items()):
+            problems.append("argv and environment must not contain NUL (or '=' in a name)")
         for b in self.binds:
             parts = b.source.split("/")
             if b.source.startswith("/") or any(p in ("", ".", "..") for p in parts):

@@ -249,6 +249,7 @@ def test_launch_failure_names_the_step(world) -> None:
     dict(uid=0), dict(gid=0), dict(name="Bad_Name"), dict(seccomp="nope"), dict(argv=()),
     dict(binds=(Bind("../etc", "/mnt"),)), dict(binds=(Bind("/etc", "/mnt"),)),
     dict(binds=(Bind("data", "/proc/x"),)), dict(binds=(Bind("data", "/"),)),
+    dict(cwd="tmp"), dict(env={"A=B": "c"}), dict(env={"A": "b\0"}), dict(argv=("/bin/true", "\0")),
 ])
 def test_bad_spec_is_refused_before_anything_happens(world, bad) -> None:
     spec = make_spec(world, "/bin/true")
