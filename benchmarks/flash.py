@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", ".tmp")) / "bench-flash")
+    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/var/tmp")) / "spine-bench-flash")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("benchmarks/flash.py needs root (loop devices)")
@@ -68,8 +68,8 @@ def main() -> None:
     art = spine.open_spine(spine_path, [key.public_key])
     slot_mib = args.size_mib + 64
     disk = args.workdir / "disk.img"
-    with open(disk, "wb") as f:
-        f.truncate((2 * slot_mib + 512) * MIB)
+    with open(disk, "wb") as f:  # allocated up front: neither side pays for sparse blocks
+        os.posix_fallocate(f.fileno(), 0, (2 * slot_mib + 512) * MIB)
     dev = loop_attach(disk)
     try:
         spec = LayoutSpec(esp_mib=40, slot_mib=slot_mib, state_mib=1, stage_mib=16, persist_min_mib=40)

@@ -3,9 +3,9 @@
 # Fails on any failure and when no test ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-# Scratch (disk images, VM runs) stays on the project disk: /tmp is often a small tmpfs.
-export TMPDIR="${TMPDIR:-$PWD/.tmp}"
-mkdir -p "$TMPDIR"
+# Scratch (disk images, VM runs) goes to /var/tmp: /tmp is often a small tmpfs, and
+# private keys made on the way must stay out of the repository tree.
+export TMPDIR="${TMPDIR:-/var/tmp}"
 bash scripts/setup.sh || exit 1
 .venv/bin/pytest -q -p no:cacheprovider "$@"
 status=$?

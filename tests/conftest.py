@@ -16,11 +16,10 @@ from pipeline.paths import PROJECT_ROOT, alpine_fixtures, shared_dir
 IN_CI = os.environ.get("CI") == "true"
 
 # Disk images, squashfs trees and VM scratch are large, and /tmp may be a small
-# noexec tmpfs: keep test scratch on the project's disk unless TMPDIR says otherwise.
+# noexec tmpfs: keep test scratch in /var/tmp unless TMPDIR says otherwise (never in
+# the repository: private keys made by tests must not land in the tree).
 if "TMPDIR" not in os.environ:
-    _scratch = PROJECT_ROOT / ".tmp"
-    _scratch.mkdir(exist_ok=True)
-    os.environ["TMPDIR"] = str(_scratch)
+    os.environ["TMPDIR"] = "/var/tmp"
     tempfile.tempdir = None
 
 

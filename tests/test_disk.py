@@ -339,18 +339,42 @@ def test_flash_killed_mid_write_at_random_offsets(disk, kit, spinectl) -> None:
 def test_corrupt_read_back_leaves_the_slot_invalid(disk, kit, spinectl, monkeypatch) -> None:
     from pipeline.disk import blockio
 
-    real = blockio.stream_copy
+    real = blockio._Target.pwrite_all
 
-    def corrupting(src, dest, *, dest_offset, length, progress=None):
-        real(src, dest, dest_offset=dest_offset, length=length, progress=progress)
-        with open(dest, "r+b") as f:  # the medium flips a byte after the write
-            f.seek(dest_offset + 5 * 4096)
-            b = f.read(1)
-            f.seek(dest_offset + 5 * 4096)
-            f.write(bytes([b[0] ^ 1]))
+    def flipping(self, data, offset):  # the medium keeps one wrong bit of data block 5
+        start = read_layout(disk).slot("B").start
+        if offset == start:
+            buf = bytearray(data)
+            buf[5 * 4096 + 7] ^= 1
+            data = memoryview(buf)
+        return real(self, data, offset)
 
-    monkeypatch.setattr(blockio, "stream_copy", corrupting)
+    monkeypatch.setattr(blockio._Target, "pwrite_all", flipping)
     r = spinectl("flash", disk, str(kit["v2"]), "--pubkey", str(kit["pub"]))
-    assert r.code == 4 and "block 5" in r.err, r.err
+    assert r.code == 4 and "data block 5" in r.err, r.err
     doc = status(spinectl, disk)
     assert doc["next_boot"] == "A" and doc["slots"]["B"]["root_hash"] is None
+
+
+def test_corrupt_hash_tree_read_back_is_caught(disk, kit, spinectl, monkeypatch) -> None:
+    from pipeline.disk import blockio
+
+    real = blockio._Target.pwrite_all
+    art_tree = kit["v2"]
+    from pipeline import spine as spine_mod
+
+    params = spine_mod.open_spine(art_tree, [kit["key"].public_key]).verity
+
+    def flipping(self, data, offset):  # one bit of the last hash block goes wrong
+        start = read_layout(disk).slot("B").start
+        end = start + params.hash_offset + 2 * 4096
+        if offset <= end < offset + len(data):
+            buf = bytearray(data)
+            buf[end - offset + 3] ^= 1
+            data = memoryview(buf)
+        return real(self, data, offset)
+
+    monkeypatch.setattr(blockio._Target, "pwrite_all", flipping)
+    r = spinectl("flash", disk, str(kit["v2"]), "--pubkey", str(kit["pub"]))
+    assert r.code == 4 and ("hash block" in r.err or "data block" in r.err), r.err
+    assert status(spinectl, disk)["next_boot"] == "A"

@@ -60,8 +60,12 @@ def stream_copy(
     dest_offset: int,
     length: int,
     progress: Callable[[int], None] | None = None,
+    chunk_done: Callable[[int, int], None] | None = None,
 ) -> None:
     """Copy the first ``length`` bytes of ``src`` to ``dest`` at ``dest_offset``, then fsync.
+
+    ``chunk_done(pos, n)`` is called after each chunk reached the medium (O_DIRECT) or
+    the page cache (buffered fallback; the reader then drops it before reading back).
 
     Raises ``DiskError`` on any I/O error (short source, device gone, out of space).
     """
@@ -78,6 +82,10 @@ def stream_copy(
                     raise DiskError(f"{src} ended after {done + (got or 0)} of {length} bytes",
                                     "the Spine file is truncated: copy it again")
                 target.pwrite_all(view[:want], dest_offset + done)
+                if not target.direct:
+                    os.fdatasync(target.fd)  # so a read-back sees the medium, not memory
+                if chunk_done:
+                    chunk_done(done, want)
                 done += want
                 if progress:
                     progress(want)

@@ -5,9 +5,9 @@ target slot or refuses; ``execute`` carries the plan out, each step durable befo
 the next one starts:
 
 1. invalidate the target in boot-control (it can no longer be chosen),
-2. stream the image into the slot partition (aligned direct writes, fsync),
-3. drop the cached pages and read the slot back, checking every block against the
-   signed verity root hash,
+2. stream the image into the slot partition (aligned direct writes, fsync) while
+3. reading each written chunk back from the medium and checking every block against
+   the signed verity root hash (``writeverify``),
 4. activate: priority above the other slot, tries 3, not good.
 
 Killed anywhere, the disk still boots the slot it booted before, and the target is
@@ -23,8 +23,9 @@ from pathlib import Path
 from bay0.errors import DiskError, SlotStateError
 from bay0.formats import bootctl, minisign
 from pipeline import spine as spine_mod
-from pipeline.disk import blockio, device, state
+from pipeline.disk import device, state
 from pipeline.disk.layout import SLOT_PARTITIONS, Layout, Part, read_layout
+from pipeline.disk.writeverify import write_verified
 
 STEPS = ("invalidate", "write", "verify", "activate")
 StepHook = Callable[[str], None]
@@ -71,11 +72,9 @@ def execute(plan: FlashPlan, *, progress: Callable[[int], None] | None = None,
     step = on_step or (lambda name: None)
     state.write_bootctl(layout, bootctl.invalidate(state.read_bootctl(layout), slot))
     step("invalidate")
-    blockio.stream_copy(str(art.path), layout.path, dest_offset=plan.part.start,
-                        length=art.image_size, progress=progress)
-    step("write")
-    blockio.drop_cache(layout.path, plan.part.start, art.image_size)
-    spine_mod.verify_image(art, source=layout.path, offset=plan.part.start)
+    write_verified(str(art.path), layout.path, dest_offset=plan.part.start,
+                   length=art.image_size, params=art.verity, progress=progress,
+                   on_written=lambda: step("write"))
     step("verify")
     v = art.verity
     activated = bootctl.activate(

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from bay0.formats import bootctl
 from pipeline import spine as spine_mod
-from pipeline.disk import blockio, filesystems, state
+from pipeline.disk import filesystems, state
 from pipeline.disk.layout import ESP, PERSIST, STAGE, STATE, Layout, LayoutSpec, write_layout
 from pipeline.disk.stage import write_stage
+from pipeline.disk.writeverify import write_verified
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,8 @@ def write_slot(layout: Layout, slot: str, art: spine_mod.SpineArtifact, *, tries
                progress: Callable[[int], None] | None = None) -> bootctl.BootControl:
     """Write, read back and activate ``art`` in ``slot`` of a freshly provisioned disk."""
     part = layout.slot(slot)
-    blockio.stream_copy(str(art.path), layout.path, dest_offset=part.start,
-                        length=art.image_size, progress=progress)
-    blockio.drop_cache(layout.path, part.start, art.image_size)
-    spine_mod.verify_image(art, source=layout.path, offset=part.start)
+    write_verified(str(art.path), layout.path, dest_offset=part.start, length=art.image_size,
+                   params=art.verity, progress=progress)
     v = art.verity
     return state.write_bootctl(layout, bootctl.activate(
         state.read_bootctl(layout), slot, version=art.manifest.spine_version,
