@@ -315,7 +315,7 @@ def _last_cap() -> int:
 
 
 def _sigdef() -> set[int]:
-    return {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
+    return {int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
 
 
 def spec_from_inventory(persona: Any, root: str, **overrides: Any) -> PersonaSpec:

@@ -9,6 +9,7 @@ docs/implementation/sandbox.md for each step and why).
 
 from __future__ import annotations
 
+import _signal
 import errno as errno_mod
 import fcntl
 import gc
@@ -27,7 +28,11 @@ from bay0.sys.seccomp import LoadableFilter
 
 SIOCSIFFLAGS = 0x8914
 IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+FORWARDED = tuple(int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                                   signal.SIGUSR1, signal.SIGUSR2))
+# The C module, not signal.py: its wrappers turn every value into an enum member,
+# and each object touched after the fork is a page copied.
+SIG_DFL, SIG_IGN, SIG_SETMASK = int(signal.SIG_DFL), int(signal.SIG_IGN), int(signal.SIG_SETMASK)
 
 
 @dataclass
@@ -100,8 +105,8 @@ def _child_main(plan: Plan, step: _Step) -> int:
     spec = plan.spec
     step.name = "signals"
     caps.set_comm(b"persona-init")
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    signal.set_wakeup_fd(-1)
+    _signal.pthread_sigmask(SIG_SETMASK, ())
+    _signal.set_wakeup_fd(-1)
     if plan.join_cgroup:  # no clone3: move in, then root a cgroup namespace here
         step.name = "cgroup"
         os.write(plan.cgroup_fd, b"0")
@@ -179,7 +184,7 @@ def _drop_privileges(plan: Plan, step: _Step) -> None:
     caps.clear_capabilities()
     caps.set_dumpable(False)
     # after the id change (which clears it): die with the launcher, like bwrap --die-with-parent
-    caps.prctl(caps.PR_SET_PDEATHSIG, signal.SIGKILL)
+    caps.prctl(caps.PR_SET_PDEATHSIG, int(signal.SIGKILL))
     step.name = "no-new-privs"
     caps.set_no_new_privs()
     step.name = "seccomp"
@@ -206,10 +211,10 @@ def _spawn_and_reap(plan: Plan, path: bytes) -> int:
             os.kill(child[0], signum)
 
     for signum in plan.sigdef:  # ignored dispositions would survive execve
-        if signal.getsignal(signum) == signal.SIG_IGN:
-            signal.signal(signum, signal.SIG_DFL)
+        if _signal.getsignal(signum) == SIG_IGN:
+            _signal.signal(signum, SIG_DFL)
     for signum in FORWARDED:
-        signal.signal(signum, forward)
+        _signal.signal(signum, forward)
     child[0] = _start_command(plan, path)
     os.write(plan.report_fd, b"R" + struct.pack("<i", child[0]))
     while True:
