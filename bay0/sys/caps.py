@@ -78,11 +78,13 @@ def lock_securebits() -> None:
     prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN)
 
 
+_HEADER = cap_user_header(_LINUX_CAPABILITY_VERSION_3, 0)
+_EMPTY = (cap_user_data * 2)()  # built at import: the sandbox child only makes the call
+
+
 def clear_capabilities() -> None:
     """Empty the effective, permitted and inheritable sets of this thread."""
-    header = cap_user_header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (cap_user_data * 2)()
-    syscall("capset", ctypes.byref(header), ctypes.byref(data))
+    syscall("capset", ctypes.byref(_HEADER), ctypes.byref(_EMPTY))
 
 
 def set_no_new_privs() -> None:

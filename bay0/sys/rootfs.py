@@ -45,13 +45,12 @@ def bind_root(root: bytes) -> None:
 
 
 def setup_dev(dev: bytes) -> None:
-    """tmpfs /dev with the six nodes and the fd symlinks, then read-only."""
+    """tmpfs /dev with the six nodes and the fd symlinks, then read-only (umask must be 0)."""
     flags = m.MS_NOSUID | m.MS_NOEXEC | m.MS_STRICTATIME
     m.mount(b"tmpfs", dev, b"tmpfs", flags, b"mode=755,size=64k,nr_inodes=32")
     for name, major, minor in DEVICES:
         path = dev + b"/" + name.encode()
         os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
-        os.chmod(path, 0o666)  # whatever the umask said
     for name, target in DEV_LINKS:
         os.symlink(target, dev + b"/" + name.encode())
     m.mount(None, dev, None, m.MS_REMOUNT | m.MS_RDONLY | flags)

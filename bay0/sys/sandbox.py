@@ -10,6 +10,7 @@ docs/implementation/sandbox.md for each step and why).
 from __future__ import annotations
 
 import _signal
+import ctypes
 import errno as errno_mod
 import fcntl
 import gc
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bay0.sys import caps, netns, ns, rootfs
-from bay0.sys.libc import close_range
+from bay0.sys.libc import LIBC, check, close_range
 from bay0.sys.seccomp import LoadableFilter
 
 SIOCSIFFLAGS = 0x8914
@@ -121,8 +122,7 @@ def _child_main(plan: Plan, step: _Step) -> int:
     step.name = "hostname"
     socket.sethostname(spec.name)
     step.name = "loopback"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP_LOOPBACK_RUNNING))
+    _loopback_up()
     step.name = "rlimits"
     for limit, value in ((resource.RLIMIT_NOFILE, spec.nofile), (resource.RLIMIT_NPROC, spec.nproc),
                          (resource.RLIMIT_CORE, 0)):
@@ -137,6 +137,20 @@ def _child_main(plan: Plan, step: _Step) -> int:
     os.umask(0o077)
     step.name = "exec"
     return _spawn_and_reap(plan, _resolve(plan))
+
+
+LIBC.socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+LIBC.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_IFREQ_LO_UP = ctypes.create_string_buffer(struct.pack("16sH22x", b"lo", IFF_UP_LOOPBACK_RUNNING), 40)
+
+
+def _loopback_up() -> None:
+    """``ip link set lo up`` by ioctl (through ctypes, already warm: no socket object)."""
+    fd = check(LIBC.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0), "socket")
+    try:
+        check(LIBC.ioctl(fd, SIOCSIFFLAGS, _IFREQ_LO_UP), "SIOCSIFFLAGS lo")
+    finally:
+        os.close(fd)
 
 
 def _build_root(plan: Plan, step: _Step) -> None:
