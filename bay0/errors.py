@@ -86,3 +86,11 @@ class SlotStateError(SpineError):
 
 class CacheError(SpineError):
     """The artifact cache is unusable."""
+
+
+class DependencyError(SpineError):
+    """Packages that cannot be resolved: unknown names, missing dependencies, conflicts."""
+
+
+class StorageError(SpineError):
+    """The host's own storage failed us (disk full, I/O error) while writing an output."""

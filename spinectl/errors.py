@@ -27,6 +27,8 @@ EXIT_CODES: dict[type[e.SpineError], int] = {
     e.DiskError: 8,
     e.SlotStateError: 9,
     e.CacheError: 10,
+    e.DependencyError: 11,
+    e.StorageError: 12,
     e.SpineError: 1,
 }
 
@@ -42,6 +44,8 @@ EXIT_TABLE = [
     (8, "disk: no Spine layout, too small, mounted, read-only or system disk"),
     (9, "slot state: the operation would break the A/B contract"),
     (10, "cache: the artifact cache is unusable"),
+    (11, "dependency: an unknown package, a missing dependency or conflicting packages"),
+    (12, "storage: the host's disk is full or failing (nothing half-written was left)"),
     (130, "interrupted"),
 ]
 
