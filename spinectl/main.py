@@ -5,6 +5,7 @@ Errors are mapped to exit codes here and nowhere else; nothing below calls sys.e
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -13,8 +14,10 @@ import traceback
 import click
 import typer
 
-from bay0.errors import SpineError
+from bay0.errors import SpineError, StorageError
 from spinectl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
 
 # Each module defines ``register(app: typer.Typer) -> None``.
 COMMAND_MODULES = (
@@ -74,15 +77,26 @@ def run_cli(argv: list[str] | None = None) -> int:
             traceback.print_exc(limit=None)
         _fail(e.message, e.hint)
         return exit_code_for(e)
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            return _internal(e)
+        storage = StorageError(f"{e.filename or 'output'}: {e.strerror}",
+                               "free space or fix the disk, then run the command again")
+        _fail(storage.message, storage.hint)
+        return exit_code_for(storage)
     except KeyboardInterrupt:
         _fail("interrupted", "nothing half-written was left; run the command again")
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the one place that turns bugs into exit 1
-        if _debug():
-            traceback.print_exc()
-        _fail(f"internal error: {type(e).__name__}: {e}", "rerun with --debug and report it")
-        return EXIT_INTERNAL
+        return _internal(e)
     return result if isinstance(result, int) else 0
+
+
+def _internal(e: BaseException) -> int:
+    if _debug():
+        traceback.print_exc()
+    _fail(f"internal error: {type(e).__name__}: {e}", "rerun with --debug and report it")
+    return EXIT_INTERNAL
 
 
 def main() -> None:

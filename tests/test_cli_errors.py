@@ -50,3 +50,18 @@ def test_debug_shows_the_traceback(spinectl, tmp_path: Path, monkeypatch) -> Non
 def test_usage_error_exit_code(spinectl) -> None:
     r = spinectl("no-such-command")
     assert r.code == 2 and "spinectl: error:" in r.err
+
+
+def test_disk_full_is_a_storage_error(spinectl, monkeypatch, tmp_path: Path) -> None:
+    import errno
+    import os
+
+    from pipeline import image
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "pod.img"))
+
+    monkeypatch.setattr(image, "build_image", full)
+    r = spinectl("image", "build", str(tmp_path), "-o", str(tmp_path / "pod.img"))
+    assert r.code == 12, r.err
+    assert "No space left" in r.err and len(r.err.strip().splitlines()) == 1
