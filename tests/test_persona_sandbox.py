@@ -157,6 +157,14 @@ def test_proc_masked_and_readonly(world) -> None:
     assert "hidepid=invisible" in out or "hidepid=2" in out
 
 
+def test_pid1_and_its_files_are_out_of_reach(world) -> None:
+    status, out = run(world, "ls /proc/1/exe 2>&1; ls -d /proc/[0-9]* | tr '\\n' ' '; "
+                             "cd /proc/self/fd/3 2>&1; echo x > /dev/null && echo null-ok")
+    assert "No such file" in out.splitlines()[0]
+    assert "/proc/1 " not in out.splitlines()[1]
+    assert "null-ok" in out
+
+
 def test_privileges_all_gone(world) -> None:
     status, out = run(world, "grep -E '^(Cap|NoNewPrivs|Seccomp:|SigIgn|SigBlk)' /proc/self/status; ls /proc/$$/fd; true")
     fields = dict(line.split(":\t") for line in out.splitlines() if ":\t" in line)
@@ -260,7 +268,7 @@ def test_bad_spec_is_refused_before_anything_happens(world, bad) -> None:
 
 
 def test_no_mount_leaks_to_the_host_and_kill_uses_the_cgroup(world) -> None:
-    persona = launch(make_spec(world, "/bin/sleep", "100"))
+    persona = launch(make_spec(world, "/bin/sh", "-c", "sleep 100 & sleep 100 & wait"))
     try:
         host_mounts = Path("/proc/self/mountinfo").read_text()
         assert str(world["root"]) not in host_mounts
