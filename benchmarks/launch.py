@@ -9,13 +9,16 @@ masked /proc, every capability dropped, no_new_privs, seccomp, unprivileged ids)
 ``bwrap --unshare-all --die-with-parent --ro-bind ROOT / --dev /dev --proc /proc``.
 A run is launch + wait for exit + clean-up. Runs alternate which one goes first, so
 load from anything else on the machine hits both alike. The last line is
-``launch_vs_bwrap=X`` with X = median(ours) / median(bwrap) (target <= 1.0).
+``launch_vs_bwrap=X`` with X = median(ours) / median(bwrap) (target <= 1.0); the line
+before it gives the CPU time per launch of each (parent plus children), which depends
+far less than wall time on the load of the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +43,12 @@ def extract_rootfs(dest: Path) -> Path:
     with tarfile.open(fixtures / MINIROOTFS) as tar:
         tar.extractall(dest, filter="fully_trusted")
     return dest
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (both launchers' work lands here)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def time_ours(spec: PersonaSpec) -> float:
@@ -77,17 +86,21 @@ def main() -> None:
             time_bwrap(bwrap)
         ours: list[float] = []
         theirs: list[float] = []
+        cpu = {"ours": 0.0, "bwrap": 0.0}
         for run in range(args.runs):
-            if run % 2:
-                ours.append(time_ours(spec))
-                theirs.append(time_bwrap(bwrap))
-            else:
-                theirs.append(time_bwrap(bwrap))
-                ours.append(time_ours(spec))
+            for which_one in (("ours", "bwrap") if run % 2 else ("bwrap", "ours")):
+                before = cpu_seconds()
+                if which_one == "ours":
+                    ours.append(time_ours(spec))
+                else:
+                    theirs.append(time_bwrap(bwrap))
+                cpu[which_one] += cpu_seconds() - before
     ours_ms, theirs_ms = statistics.median(ours) * 1000, statistics.median(theirs) * 1000
     print(f"runs={args.runs}")
     print(f"ours_median_ms={ours_ms:.2f} ours_min_ms={min(ours) * 1000:.2f}")
     print(f"bwrap_median_ms={theirs_ms:.2f} bwrap_min_ms={min(theirs) * 1000:.2f}")
+    # CPU per launch hardly depends on what else the machine runs; wall time does.
+    print(f"ours_cpu_ms={cpu['ours'] / args.runs * 1000:.2f} bwrap_cpu_ms={cpu['bwrap'] / args.runs * 1000:.2f}")
     print(f"launch_vs_bwrap={ours_ms / theirs_ms:.2f}")
 
 
