@@ -277,7 +277,7 @@ def _prepare(spec: PersonaSpec, group: Cgroup, stdio: tuple[int | None, ...], op
         binds=[(os.fsencode(b.source), os.fsencode(b.target), b.rw, b.exec) for b in spec.binds],
         argv=[os.fsencode(a) for a in spec.argv],
         env={os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()},
-        program=program, filter=_filter(program), last_cap=_last_cap(),
+        filter=_filter(program), last_cap=_last_cap(),
         cgroup_fd=cgroup_fd, sync_fd=sync_r, sync_w=sync_w, report_fd=report_w, stdio=(fds[0], fds[1], fds[2]),
         sigdef=_sigdef(),
     )

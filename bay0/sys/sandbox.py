@@ -46,7 +46,6 @@ class Plan:
     binds: list[tuple[bytes, bytes, bool, bool]]
     argv: list[bytes]
     env: dict[bytes, bytes]
-    program: bytes
     filter: LoadableFilter
     last_cap: int
     cgroup_fd: int
@@ -61,6 +60,11 @@ class Plan:
 # ---- parent <-> child report records ---------------------------------------------
 
 def read_record(fd: int) -> tuple | None:
+    """The next report from a persona's PID 1, or None at end of file.
+
+    ``("R", pid)`` the command started, ``("X", wait_status)`` it exited,
+    ``("E", errno, step, message)`` a setup step failed.
+    """
     head = read_exact(fd, 5)
     if len(head) < 5:
         return None
@@ -73,6 +77,7 @@ def read_record(fd: int) -> tuple | None:
 
 
 def read_exact(fd: int, size: int) -> bytes:
+    """Read ``size`` bytes, fewer only at end of file."""
     data = b""
     while len(data) < size:
         chunk = os.read(fd, size - len(data))
