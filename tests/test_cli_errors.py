@@ -41,10 +41,11 @@ def test_errors_are_one_line_with_hint_and_no_traceback(spinectl, tmp_path: Path
 
 
 def test_debug_shows_the_traceback(spinectl, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("SPINE_DEBUG", raising=False)
+    # --debug sets SPINE_DEBUG for the tools it runs; recording it as "" here makes
+    # monkeypatch remove it again at teardown, so it cannot leak into later tests.
+    monkeypatch.setenv("SPINE_DEBUG", "")
     r = spinectl("--debug", "image", "info", str(tmp_path / "missing.img"))
     assert r.code == 6 and "Traceback" in r.err
-    monkeypatch.delenv("SPINE_DEBUG", raising=False)
 
 
 def test_usage_error_exit_code(spinectl) -> None:

@@ -305,7 +305,7 @@ def test_sign_crash_while_writing_keeps_old_pair(spinectl, ws: Path, monkeypatch
         return real_write(path, data, **kw)
 
     monkeypatch.setattr(service, "write_atomic", failing_write)
-    assert sign(spinectl).code == 1
+    assert sign(spinectl).code == 12  # storage error: a full disk, named as such
     monkeypatch.setattr(service, "write_atomic", real_write)
     assert verify(spinectl).code == 0 and _pair(ws) == old
     assert not list(ws.glob("*.new"))
