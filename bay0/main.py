@@ -1,0 +1,289 @@
+"""bay0's entry point: PID 1 of the Spine.
+
+``main()`` blocks signals, reads its settings, checks the invariants, opens the
+watchdog, prints ``bay0: READY slot=A|B`` and runs the main loop forever. Settings
+come from ``--slot=A|B`` (the initramfs passes it) and the kernel command line:
+
+- ``spine.slot=A|B`` — the booted slot, when bay0 is started without ``--slot``.
+- ``spine.good_after=SECONDS`` — stable uptime before the slot is marked good
+  (default 120; the inventory may lower it too).
+- ``spine.watchdog=SECONDS`` — the watchdog timeout to ask the driver for (default 30).
+
+Test hooks are only ever kernel parameters named ``spine.test.*`` (see
+docs/implementation/bay0.md):
+
+- ``spine.test.wedge=1`` — after READY, bay0 stops pinging the watchdog and hangs,
+  so the watchdog must reset the machine.
+
+Only what the first seconds need is imported at the top (Python under TCG is slow);
+the inventory, signature and sandbox code load when first used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from bay0 import invariants, pid1
+from bay0.errors import UsageError
+from bay0.log import Log
+from bay0.watchdog import Watchdog, WatchdogError, find_device
+
+SLOTS = ("A", "B")
+DEFAULT_GOOD_AFTER = 120.0
+DEFAULT_WATCHDOG = 30
+
+
+def parse_cmdline(text: str) -> dict[str, str]:
+    """Split a kernel command line into ``{key: value}`` (a bare word maps to "").
+
+    Double quotes group words as the kernel does (``a="x y"`` → ``{"a": "x y"}``);
+    a later duplicate wins.
+    """
+    out: dict[str, str] = {}
+    word, quoted, words = [], False, []
+    for char in text.strip() + " ":
+        if char == '"':
+            quoted = not quoted
+        elif char.isspace() and not quoted:
+            if word:
+                words.append("".join(word))
+            word = []
+        else:
+            word.append(char)
+    for item in words:
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything bay0 takes from its argv and the kernel command line."""
+
+    slot: str | None
+    good_after: float = DEFAULT_GOOD_AFTER
+    watchdog_timeout: int = DEFAULT_WATCHDOG
+    test: Mapping[str, str] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()  # settings that were ignored, to be logged
+
+    def hook(self, name: str) -> bool:
+        """Whether test hook ``spine.test.<name>`` is switched on (value not 0/empty)."""
+        return self.test.get(name, "0") not in ("", "0")
+
+
+def parse_config(argv: Sequence[str], cmdline: Mapping[str, str]) -> Config:
+    """Build the config; a bad value is recorded in ``problems`` and its default kept.
+
+    Raises ``UsageError`` for an argument bay0 does not know (a boot-chain bug).
+    """
+    problems: list[str] = []
+    slot = cmdline.get("spine.slot")
+    for arg in argv:
+        if arg.startswith("--slot="):
+            slot = arg.partition("=")[2]
+        else:
+            raise UsageError(f"unknown argument {arg!r}", "bay0 takes only --slot=A|B")
+    if slot is not None and slot not in SLOTS:
+        problems.append(f"slot {slot!r} is not A or B")
+        slot = None
+    good_after = _number(cmdline, "spine.good_after", DEFAULT_GOOD_AFTER, 0, 86400, problems)
+    watchdog = int(_number(cmdline, "spine.watchdog", DEFAULT_WATCHDOG, 2, 3600, problems))
+    test = {k[len("spine.test."):]: v for k, v in cmdline.items() if k.startswith("spine.test.")}
+    return Config(slot, good_after, watchdog, test, tuple(problems))
+
+
+def _number(cmdline: Mapping[str, str], key: str, default: float, low: float, high: float,
+            problems: list[str]) -> float:
+    if key not in cmdline:
+        return default
+    try:
+        value = float(cmdline[key])
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also false for nan
+        problems.append(f"{key}={cmdline[key]!r} is not a number in {low:g}..{high:g}")
+        return default
+    return value
+
+
+def read_cmdline(path: str = "/proc/cmdline") -> dict[str, str]:
+    """The parsed kernel command line ({} when /proc is not there)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return parse_cmdline(f.read())
+    except OSError:
+        return {}
+
+
+# ---- the warden ------------------------------------------------------------------------
+
+CHECK_INTERVAL = 10.0
+REBOOT_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-Alt-Del (SIGINT)"}
+POWEROFF_SIGNALS = {signal.SIGUSR1: "SIGUSR1", signal.SIGUSR2: "SIGUSR2", signal.SIGPWR: "SIGPWR"}
+
+
+class Warden:
+    """Everything the main loop drives: invariants, watchdog, and (later) personas."""
+
+    def __init__(self, config: Config, log: Log, machine: pid1.Machine,
+                 watchdog: Watchdog | None, check=None) -> None:
+        self.config = config
+        self.log = log
+        self.machine = machine
+        self.watchdog = watchdog
+        self.check = check or invariants.check_system
+        interval = watchdog.interval if watchdog else CHECK_INTERVAL
+        self.check_interval = min(interval, CHECK_INTERVAL)
+        self.next_check = time.monotonic() + self.check_interval
+
+    # -- pid1.Warden protocol --
+
+    def tick(self, now: float) -> float:
+        if now >= self.next_check:
+            self.verify_invariants()  # reboots on a violation: no ping after a failed check
+            if self.watchdog is not None:
+                self.watchdog.keepalive(now)
+            self.next_check = now + self.check_interval
+        return self.next_check
+
+    def on_signal(self, signo: int) -> None:
+        if signo in REBOOT_SIGNALS:
+            self.machine.reboot(f"{REBOOT_SIGNALS[signo]} received")
+        if signo in POWEROFF_SIGNALS:
+            self.machine.poweroff(f"{POWEROFF_SIGNALS[signo]} received")
+        self.log.event("signal.ignored", signal=_signal_name(signo))
+
+    def claim_child(self, pid: int) -> bool:
+        return False
+
+    def on_reaped(self, reaped: pid1.Reaped) -> None:
+        self.log.event("reaped", pid=reaped.pid, status=pid1.describe_status(reaped.status))
+
+    def on_error(self, error: BaseException) -> None:
+        self.log.event("error", error=_describe_error(error), where=_where(error))
+        self.machine.reboot(f"unexpected {type(error).__name__} in the main loop")
+
+    # -- checks --
+
+    def verify_invariants(self) -> None:
+        """Reboot (after logging why) when any invariant is broken."""
+        problems = self.check()
+        if problems:
+            for problem in problems:
+                self.log.violation(problem)
+            self.machine.reboot(f"invariant violated: {problems[0]}")
+
+
+def _signal_name(signo: int) -> str:
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return str(signo)
+
+
+def _describe_error(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _where(error: BaseException) -> str | None:
+    tb = error.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
+
+
+# ---- boot ------------------------------------------------------------------------------
+
+
+def _mount_own(log: Log) -> None:
+    """Mount what bay0 itself needs (/tmp, cgroup2) unless the initramfs already did."""
+    from bay0.sys import mount as m
+
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            present = {e.mount_point for e in invariants.parse_mountinfo(f.read())}
+    except (OSError, ValueError):
+        present = set()
+    flags = m.MS_NODEV | m.MS_NOSUID | m.MS_NOEXEC
+    for target, fstype, data in (("/tmp", "tmpfs", "mode=1777,size=64m"),
+                                 ("/sys/fs/cgroup", "cgroup2", None)):
+        if target in present or not os.path.isdir(target):
+            continue
+        try:
+            m.mount(fstype, target, fstype, flags, data)
+        except OSError as e:
+            log.event("mount.failed", target=target, error=e.strerror)
+
+
+def open_watchdog(config: Config, log: Log) -> Watchdog | None:
+    """Open the first watchdog device; None (logged) when there is none or it fails."""
+    path = find_device()
+    if path is None:
+        log.event("watchdog.absent", hint="load the watchdog driver (i6300esb in QEMU)")
+        return None
+    try:
+        dog = Watchdog.open(path, config.watchdog_timeout)
+    except WatchdogError as e:
+        log.event("watchdog.failed", error=e.message)
+        return None
+    log.event("watchdog.open", device=path, identity=dog.support.identity if dog.support else None,
+              timeout=dog.timeout, asked=config.watchdog_timeout,
+              last_reset=("watchdog" if dog.last_reset_by_watchdog else "other"),
+              boot_status=hex(dog.boot_status))
+    return dog
+
+
+def boot(argv: Sequence[str], log: Log, machine: pid1.Machine) -> Warden:
+    """From the first instruction to READY: returns the warden for the main loop."""
+    config = parse_config(argv, read_cmdline())
+    log.event("start", slot=config.slot or "unknown", pid=os.getpid(), python=sys.version.split()[0])
+    for problem in config.problems:
+        log.event("config.ignored", problem=problem)
+    if os.getpid() == 1:
+        try:
+            pid1.disable_cad()
+        except OSError as e:
+            log.event("cad.failed", error=e.strerror)
+    _mount_own(log)
+    warden = Warden(config, log, machine, None)
+    warden.verify_invariants()
+    warden.watchdog = open_watchdog(config, log)
+    if warden.watchdog is not None:
+        warden.check_interval = min(warden.watchdog.interval, CHECK_INTERVAL)
+    log.ready(config.slot or "unknown")
+    if config.hook("wedge"):
+        log.event("test.wedge", note="not pinging the watchdog any more")
+        pid1.hang_forever()
+    return warden
+
+
+def _not_pid1(cmd: int) -> None:
+    """Outside PID 1 (a developer running bay0 by hand) nothing may reboot the host."""
+    raise OSError(1, "not PID 1: refusing to reboot this machine")
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run bay0 as PID 1. Never returns: every way out is a deliberate reboot or power off."""
+    signals = pid1.block_signals()
+    log = Log.for_pid1()
+    machine = pid1.Machine(log, syscall=pid1.reboot_syscall if os.getpid() == 1 else _not_pid1)
+    try:
+        warden = boot(sys.argv[1:] if argv is None else argv, log, machine)
+        machine.before = getattr(warden, "shutdown", None)
+        pid1.Loop(warden, signals, fatal=lambda e: machine.reboot(f"fatal: {_describe_error(e)}")).run()
+    except BaseException as e:  # noqa: BLE001 - PID 1 never exits
+        log.event("fatal", error=_describe_error(e), where=_where(e))
+        machine.reboot(f"fatal: {_describe_error(e)}")
+
+
+if __name__ == "__main__":
+    main()
