@@ -13,8 +13,8 @@ In-image layout (format version ``LAYOUT_VERSION``):
 - ``/bin/busybox`` and one symlink per applet;
 - ``/sbin/veritysetup``, ``/sbin/cryptsetup``, ``/sbin/mkfs.ext4`` (mke2fs) and the
   ELF closure of each at the paths the tool root has them (interpreter included);
-- ``/lib/modules/<ver>/...ko`` (decompressed) and ``/etc/spine-init/modules``: the
-  load order, one in-image path per line;
+- ``/lib/modules/<ver>/...ko`` (decompressed) with a ``modules.dep`` for that subset,
+  and ``/etc/spine-init/modules``: the load order, one in-image path per line;
 - ``/dev/console`` (5:1), so the kernel gives /init a console before devtmpfs exists.
 """
 
@@ -94,6 +94,8 @@ def stage(spec: InitramfsSpec, root: Path) -> None:
     for directory, _dirs, _files in os.walk(root / "lib" / "modules"):
         os.chmod(directory, 0o755)
     (root / "etc" / "spine-init" / "modules").write_text("".join(p + "\n" for p in order))
+    # modules.dep for the subset, so /init can load them all with one modprobe.
+    run(["depmod", "-b", str(root), spec.kernel.version])
 
 
 def _mkdir(path: Path) -> None:
@@ -132,8 +134,14 @@ def _install_tools(spec: InitramfsSpec, root: Path) -> None:
         if path in programs:
             continue  # the tools themselves go to their in-image paths below
         source = elf.resolve_in_root(spec.tool_root, path)
+        real = "/" + source.relative_to(spec.tool_root).as_posix()
         mode = 0o755 if source.stat().st_mode & stat.S_IXUSR else 0o644
-        _copy(source, root / path.lstrip("/"), mode)
+        _copy(source, root / real.lstrip("/"), mode)
+        if real != path:  # keep links as links (ld.so is reached as /lib64/... and by soname)
+            link = root / path.lstrip("/")
+            _mkdir(link.parent)
+            if not link.is_symlink():
+                link.symlink_to(os.path.relpath(root / real.lstrip("/"), link.parent))
     for image_path, tool_path in spec.tools.items():
         _copy(elf.resolve_in_root(spec.tool_root, tool_path), root / image_path.lstrip("/"), 0o755)
 

@@ -54,16 +54,25 @@ wait_part() {
 	find_part "$1" "$2"
 }
 
-# load_modules LIST: insmod each path of LIST in order; a failure is logged, not fatal
-# (what it breaks fails later, loudly, at the step that needs it).
+# load_modules LIST: load each module of LIST (in-image paths, dependency order).
+# One busybox modprobe for all (each process start costs ~25 ms under emulation);
+# if it fails, insmod one by one so the console names what did not load. A failure
+# is logged, not fatal: what it breaks fails later, loudly, at the step that needs it.
 load_modules() {
+	_names=$(sed 's|.*/||; s|\.ko$||' "$1" | tr '\n' ' ')
+	if modprobe -a $_names 2>/dev/null; then
+		say "loaded $(echo $_names | wc -w) modules"
+		return 0
+	fi
 	_ok=0 _bad=""
 	while IFS= read -r _m; do
 		[ -n "$_m" ] || continue
-		if insmod "$_m" 2>/dev/null; then
+		_n=${_m##*/}
+		_n=${_n%.ko}
+		if [ -d "/sys/module/$(echo "$_n" | tr - _)" ] || insmod "$_m" 2>/dev/null; then
 			_ok=$((_ok + 1))
 		else
-			_bad="$_bad ${_m##*/}"
+			_bad="$_bad $_n"
 		fi
 	done <"$1"
 	say "loaded $_ok modules${_bad:+; failed:$_bad}"
@@ -94,9 +103,11 @@ verity_close() {
 
 # verity_check_all DEV SLOT: read every block through dm-verity (no restart flag:
 # corruption shows up as a read error here, in the initramfs, instead of a reboot).
+# A failed read is retried once: corruption fails again, a transient I/O error may not.
 verity_check_all() {
 	verity_open "$1" "$2" || return 1
-	if ! cat "$SPINE_DEV/mapper/$SPINE_ROOT_DM" >/dev/null 2>&1; then
+	if ! cat "$SPINE_DEV/mapper/$SPINE_ROOT_DM" >/dev/null 2>&1 &&
+		! cat "$SPINE_DEV/mapper/$SPINE_ROOT_DM" >/dev/null 2>&1; then
 		verity_close
 		return 1
 	fi
