@@ -78,6 +78,8 @@ def _render(info: dict, as_json: bool) -> None:
         return
     table = Table(title=f"{info['kind']} built" + (" (from the cache)" if info["cached"] else ""),
                   show_header=False)
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
     for key in ("path", "spine_version", "build_id", "alpine_release", "size", "root_hash", "salt",
                 "hash_offset", "sha256", "input_digest", "seconds"):
         if key in info:
