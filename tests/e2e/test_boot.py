@@ -88,3 +88,33 @@ def test_corruption_met_at_runtime_restarts_the_machine(disk, boot) -> None:
     assert result.outcome == qemu.REBOOT
     assert not result.lines("bay0: ")
     assert disk.state().last_boot == "A"
+
+
+def test_blank_boot_control_powers_off(disk, boot) -> None:
+    disk.write_at("spine_state", 0, bytes(8192))
+    result = boot(disk)
+    assert result.outcome == qemu.POWEROFF
+    assert "spine-init: no valid boot-control record on /dev/vda4" in init_lines(result)
+    assert not result.lines("bay0: ")
+    assert_no_shell(result)
+
+
+def test_an_unexpected_init_failure_powers_off_not_a_shell(disk, boot_kit, e2e_dir, boot) -> None:
+    # An initramfs whose bootctl.sh is missing: sourcing it makes the shell exit,
+    # and the EXIT trap must power off rather than let the kernel panic or a shell run.
+    import dataclasses
+    import shutil
+
+    from pipeline import initramfs
+    from pipeline.paths import PROJECT_ROOT
+
+    broken = e2e_dir / "broken-init"
+    shutil.copytree(PROJECT_ROOT / "initramfs", broken, dirs_exist_ok=True)
+    (broken / "lib" / "bootctl.sh").unlink()
+    spec = dataclasses.replace(initramfs.test_spec(boot_kit[0]), init_dir=broken)
+    initrd = initramfs.build_initramfs(spec, e2e_dir / "broken.cpio.gz")
+    result = boot(disk, initrd=initrd)
+    assert result.outcome == qemu.POWEROFF
+    assert init_lines(result)[-1] == "spine-init: powering off"
+    assert not result.lines("bay0: ")
+    assert_no_shell(result)
