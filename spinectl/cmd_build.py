@@ -40,8 +40,8 @@ def register(app: typer.Typer) -> None:
 
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[build_mod.Progress | None]:
-    """A rich progress bar on stderr fed by the build's step callback."""
-    if not enabled:
+    """A rich progress bar on stderr fed by the build's step callback (terminals only)."""
+    if not enabled or not err_console.is_terminal:
         yield None
         return
     columns = (SpinnerColumn(), TextColumn("{task.description:<28}"), BarColumn(),

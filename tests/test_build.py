@@ -158,17 +158,17 @@ def test_index_signed_by_an_unknown_key(tmp_path: Path, alpine: Path, spinectl) 
 
 def test_unknown_package(tmp_path: Path, alpine: Path, spinectl) -> None:
     recipe = write_recipe(tmp_path, packages='["busybox", "no-such-package"]')
-    run_bad(spinectl, recipe, tmp_path / "out.img", 6, "no-such-package")
+    run_bad(spinectl, recipe, tmp_path / "out.img", 11, "no-such-package")
 
 
 def test_missing_dependency(tmp_path: Path, alpine: Path, spinectl) -> None:
     recipe = write_recipe(tmp_path, packages='["busybox>=9"]')
-    run_bad(spinectl, recipe, tmp_path / "out.img", 6, "busybox>=9")
+    run_bad(spinectl, recipe, tmp_path / "out.img", 11, "busybox>=9")
 
 
 def test_conflicting_packages(tmp_path: Path, alpine: Path, spinectl) -> None:
     recipe = write_recipe(tmp_path, packages='["busybox", "!musl"]')
-    run_bad(spinectl, recipe, tmp_path / "out.img", 2, "musl")
+    run_bad(spinectl, recipe, tmp_path / "out.img", 11, "musl")
 
 
 def test_recipe_with_an_unknown_key(tmp_path: Path, alpine: Path, spinectl) -> None:
@@ -231,3 +231,46 @@ def test_cache_round_trip(tmp_path: Path) -> None:
         cache.put_json(key + ":meta", {"b": [1, 2]})
         assert cache.get_json(key + ":meta") == {"b": [1, 2]}
         assert ArtifactCache.key("thing", {"a": 1}) != ArtifactCache.key("thing", {"a": 2})
+
+
+# ------------------------------------------------------------------ build spine (fast paths)
+
+SPINE_TAIL = """
+[bay0]
+[trust]
+keys = ["{keys}"]
+"""
+
+
+def spine_recipe(where: Path, trust: Path) -> Path:
+    path = write_recipe(where)
+    text = path.read_text().replace('kind = "pod"', 'kind = "spine"')
+    text = text[: text.index("[pod]")] + SPINE_TAIL.format(keys=trust)
+    path.write_text(text)
+    return path
+
+
+def test_build_spine_recipe_error_comes_before_the_key(tmp_path: Path, alpine: Path, spinectl) -> None:
+    recipe = spine_recipe(tmp_path, tmp_path)
+    recipe.write_text(recipe.read_text().replace("[bay0]", "[bay0]\npyhton = \"/usr/bin/python3\""))
+    r = spinectl("build", "spine", "--recipe", str(recipe), "--key", str(tmp_path / "absent.key"),
+                 "-o", str(tmp_path / "x.spine"))
+    assert r.code == 3 and "bay0.pyhton: unknown key" in r.err
+    assert not (tmp_path / "x.spine").exists()
+
+
+def test_build_spine_without_trust_keys(tmp_path: Path, alpine: Path, spinectl) -> None:
+    from spinectl.keys import generate
+
+    key = generate("signer", tmp_path / "k", None)
+    (tmp_path / "empty").mkdir()
+    recipe = spine_recipe(tmp_path, tmp_path / "empty")
+    out = tmp_path / "x.spine"
+    r = spinectl("build", "spine", "--recipe", str(recipe), "--key", str(key.secret_path), "-o", str(out))
+    assert r.code == 6 and "no trust-root public keys" in r.err and "--trust-key" in r.err
+    assert not out.exists() and leftovers(tmp_path) == []
+    # --trust-key supplies one; the build then stops at the missing Python runtime.
+    r = spinectl("build", "spine", "--recipe", str(recipe), "--key", str(key.secret_path), "-o", str(out),
+                 "--trust-key", str(key.public_path))
+    assert r.code == 6 and "bay0's Python runtime is missing" in r.err, r.err
+    assert not out.exists() and leftovers(tmp_path) == []
