@@ -13,6 +13,7 @@ path unless the whole build succeeds.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,13 +21,14 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bay0.atomic import atomic_output
-from bay0.errors import ExistsError, UsageError
+from bay0.errors import ExistsError, StorageError, UsageError
 from bay0.formats import minisign
 from bay0.formats.spine import Footer, Manifest, build_id_for, pack_footer
 from bay0.formats.verity import ImageIdentity, VerityParams
@@ -202,6 +204,21 @@ def _write_spine(image: Path, meta: dict[str, Any], out: Path, *, plan: Plan, di
     return manifest
 
 
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+
+
+@contextmanager
+def _storage_errors(out: Path) -> Iterator[None]:
+    """A full or failing disk under the work directory is the host's problem, said so."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        raise StorageError(f"building {out.name} failed: {e.strerror} in {out.parent}",
+                           "free some space (or fix the disk) and build again; nothing was left at the output") from e
+
+
 def _work_dir(out: Path) -> tempfile.TemporaryDirectory:
     # Beside the output, so the finished image is renamed into place, not copied.
     return tempfile.TemporaryDirectory(prefix=f".{out.name}.work-", dir=out.parent)
@@ -227,7 +244,7 @@ def build_spine(recipe: Recipe, key: minisign.SecretKey, out: str | os.PathLike[
     store = _open_cache(cache)
     try:
         plan = plan_rootfs(recipe, memo=store)
-        with _work_dir(target) as work:
+        with _storage_errors(target), _work_dir(target) as work:
             image, meta, digest, cached = _sealed_image(plan, store, Path(work), steps)
             steps("sign the manifest")
             manifest = _write_spine(image, meta, target, plan=plan, digest=digest, key=key, force=force)
@@ -255,7 +272,7 @@ def build_pod(recipe: Recipe, out: str | os.PathLike[str], *, cache: ArtifactCac
     store = _open_cache(cache)
     try:
         plan = plan_rootfs(recipe, memo=store)
-        with _work_dir(target) as work:
+        with _storage_errors(target), _work_dir(target) as work:
             image, meta, digest, cached = _sealed_image(plan, store, Path(work), steps)
             steps("write the image")
             with atomic_output(target, overwrite=force) as tmp:

@@ -274,3 +274,19 @@ def test_build_spine_without_trust_keys(tmp_path: Path, alpine: Path, spinectl) 
                  "--trust-key", str(key.public_path))
     assert r.code == 6 and "bay0's Python runtime is missing" in r.err, r.err
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_full_disk_is_a_storage_error(tmp_path: Path, alpine: Path, spinectl) -> None:
+    from tests.conftest import require_root
+
+    require_root()
+    small = tmp_path / "small"
+    small.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)])
+    try:
+        out = small / "pod.img"
+        r = spinectl("build", "pod", "--recipe", str(write_recipe(tmp_path)), "-o", str(out))
+        assert r.code == 12 and "No space left on device" in r.err, r.err
+        assert list(small.iterdir()) == []
+    finally:
+        run(["umount", str(small)])
