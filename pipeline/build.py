@@ -166,7 +166,9 @@ def _sealed_image(plan: Plan, cache: ArtifactCache | None, work: Path, steps: _S
         meta = cache.get_json(key + ":meta")
         image = work / "image"
         if meta is not None and cache.get_file(key, image):
-            return image, meta, digest, True
+            if file_sha256(image) == meta["image_sha256"]:
+                return image, meta, digest, True
+            image.unlink()  # a damaged cache entry: rebuild it rather than sign it
     image, meta = _make_image(plan, work, digest, steps)
     if cache is not None:
         cache.put_file(key, image)

@@ -290,3 +290,19 @@ def test_full_disk_is_a_storage_error(tmp_path: Path, alpine: Path, spinectl) ->
         assert list(small.iterdir()) == []
     finally:
         run(["umount", str(small)])
+
+
+def test_damaged_cache_entry_is_rebuilt(tmp_path: Path, alpine: Path, private_cache: Path) -> None:
+    require_tool("mksquashfs")
+    recipe = load_recipe(write_recipe(tmp_path))
+    first = build_pod(recipe, tmp_path / "a.img")
+    values = list((private_cache / "artifacts").rglob("*.val"))
+    assert values
+    for value in values:
+        data = bytearray(value.read_bytes())
+        data[100] ^= 0xFF
+        value.write_bytes(bytes(data))
+    again = build_pod(recipe, tmp_path / "b.img")
+    assert not again.cached
+    assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+    assert again.identity == first.identity
