@@ -156,3 +156,19 @@ def test_path_prefixes(base: Path, alpine: Path) -> None:
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="does not exist"):
         load_recipe(tmp_path / "absent.toml")
+
+
+def test_repository_specs_follow_the_official_layout(alpine: Path) -> None:
+    from pipeline.rootfs import repository_specs, world_of
+
+    production = load_recipe(recipes_dir() / "spine-production.toml")
+    specs = repository_specs(production)
+    assert [s.index for s in specs] == [
+        "https://dl-cdn.alpinelinux.org/alpine/v3.19/main/x86_64/APKINDEX.tar.gz",
+        "https://dl-cdn.alpinelinux.org/alpine/v3.19/community/x86_64/APKINDEX.tar.gz",
+    ]
+    assert world_of(production)[-1] == "linux-lts"  # the kernel package joins the world
+    test = load_recipe(recipes_dir() / "spine-test.toml")
+    (spec,) = repository_specs(test)
+    assert spec.index == str(alpine / "v3.19/iso-repo/x86_64/APKINDEX.tar.gz")
+    assert spec.package_dirs == (str(alpine / "v3.19/iso-repo/x86_64"),)
