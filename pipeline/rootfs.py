@@ -432,7 +432,8 @@ def assemble_rootfs(plan: Plan, root: Path, *, build_id: str = "", step: Step | 
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o755)
     say("install Alpine packages")
-    installed = install(plan.alpine, root, world=world_of(recipe), epoch=plan.epoch)
+    installed = install(plan.alpine, root, world=world_of(recipe), epoch=plan.epoch,
+                        progress=lambda what, done, total: say(f"Alpine: {what} {done}/{total}"))
     records = [PackageRecord(p.name, p.version, p.checksum, "alpine") for p in installed.packages]
     say("borrow Debian packages")
     records += install_debian(plan, root)
