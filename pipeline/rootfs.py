@@ -156,6 +156,17 @@ def debian_candidates(names: list[str], memo: ArtifactCache | None) -> dict[str,
     return {c["package"]: debian.Candidate(**c) for c in known}
 
 
+def borrow_closure(names: Sequence[str], memo: ArtifactCache | None) -> list[str]:
+    """``names`` and their Depends closure (``resolve = true``), remembered like candidates."""
+    key = ArtifactCache.key("apt-closure", [list(names), apt_lists_state()])
+    known = memo.get_json(key) if memo is not None else None
+    if known is None:
+        known = debian.resolve(names)
+        if memo is not None:
+            memo.put_json(key, known)
+    return list(known)
+
+
 def kernel_package(name: str) -> str:
     """Follow a Debian kernel metapackage (``linux-image-amd64``) to the real image package."""
     if re.match(r"linux-image-\d", name) or not name.startswith("linux-image-"):
@@ -198,14 +209,16 @@ def plan_rootfs(recipe: Recipe, *, memo: ArtifactCache | None = None, alpine_cac
     """
     repos = open_repositories(repository_specs(recipe), recipe.alpine.keys, cache=alpine_cache)
     packages = repos.resolve(world_of(recipe))
-    names = [n for b in recipe.debian for n in b.packages]
+    groups = [(borrow_closure(b.packages, memo) if b.resolve else list(b.packages), b.reason)
+              for b in recipe.debian]
+    names = [n for group, _ in groups for n in group]
     kernel_name = kernel_package(recipe.kernel.debian) if recipe.kernel and recipe.kernel.debian else None
     wanted = list(dict.fromkeys(names + ([kernel_name] if kernel_name else [])))
     found = debian_candidates(wanted, memo)
     picks: dict[str, DebianPick] = {}
-    for borrow in recipe.debian:
-        for name in borrow.packages:
-            picks.setdefault(name, DebianPick(found[name], borrow.reason))
+    for group, reason in groups:
+        for name in group:
+            picks.setdefault(name, DebianPick(found[name], reason))
     kernel = DebianPick(found[kernel_name], recipe.kernel.reason) if kernel_name else None
     trust = read_trust_keys(recipe.trust_keys) if recipe.kind == "spine" else []
     return Plan(recipe, repos, packages, list(picks.values()), kernel, build_epoch(recipe), trust)

@@ -306,3 +306,19 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path: Path, alpine: Path, private_ca
     assert not again.cached
     assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
     assert again.identity == first.identity
+
+
+def test_borrowed_debian_closure_is_planned_with_its_reason(tmp_path: Path, alpine: Path) -> None:
+    from pipeline.rootfs import plan_rootfs
+
+    require_tool("apt-cache")
+    path = write_recipe(tmp_path)
+    path.write_text(path.read_text().replace("[pod]", '[[debian]]\npackages = ["libargon2-1"]\n'
+                                             'reason = "test"\nresolve = true\n\n[pod]'))
+    with ArtifactCache(tmp_path / "memo") as memo:
+        plan = plan_rootfs(load_recipe(path), memo=memo)
+        again = plan_rootfs(load_recipe(path), memo=memo)
+    names = [p.candidate.package for p in plan.debian]
+    assert "libargon2-1" in names and "libc6" in names
+    assert all(p.reason == "test" and len(p.candidate.sha256) == 64 for p in plan.debian)
+    assert again.inputs() == plan.inputs()
