@@ -118,3 +118,26 @@ def test_an_unexpected_init_failure_powers_off_not_a_shell(disk, boot_kit, e2e_d
     assert init_lines(result)[-1] == "spine-init: powering off"
     assert not result.lines("bay0: ")
     assert_no_shell(result)
+
+
+def test_flashed_b_boots_on_trial_then_stays_once_marked_good(disk, boot) -> None:
+    from bay0.formats import bootctl as bcf
+
+    a = disk.state().slot("A")
+    disk.set_state(bcf.activate(disk.state(), "B", version="test-b", root_hash=a.root_hash,
+                                salt=a.salt, data_size=a.data_size, hash_offset=a.hash_offset))
+    result = boot(disk)
+    assert "bay0: READY slot=B" in result.lines("bay0: ")
+    assert disk.state().slot("B").tries_left == 2 and not disk.state().slot("B").good
+    disk.set_state(bcf.mark_good(disk.state(), "B"))  # what `spinectl mark-good` does offline
+    result = boot(disk)
+    assert "bay0: READY slot=B" in result.lines("bay0: ")
+    assert disk.state().slot("B").tries_left == 2 and disk.state().slot("B").good
+
+
+def test_a_wedged_payload_is_reset_by_the_i6300esb_watchdog(disk, boot) -> None:
+    from tests.e2e.conftest import APPEND
+
+    result = boot(disk, append=APPEND + " bay0double=wedge", timeout=120)
+    assert "bay0-double: wedged" in result.lines("bay0-double:")
+    assert result.outcome == qemu.WATCHDOG

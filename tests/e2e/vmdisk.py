@@ -33,6 +33,13 @@ echo "bay0-double: root $(awk '$2 == "/" {print $1, $3, $4}' /proc/mounts)"
 echo "bay0-double: persist $(awk '$2 == "/persist" {print $1, $3, $4}' /proc/mounts)"
 echo "bay0: READY slot=$slot"
 sync
+# bay0double=wedge on the kernel command line: arm the watchdog, then stop feeding
+# it, as a wedged bay0 would (the runner must report a watchdog reset).
+if grep -q "bay0double=wedge" /proc/cmdline; then
+	watchdog -T 2 -t 3600 /dev/watchdog
+	echo "bay0-double: wedged"
+	while :; do sleep 3600; done
+fi
 poweroff -f
 """
 
