@@ -184,6 +184,7 @@ def boot(
         qmp.start()
         state = _Watch(proc, qmp, pattern, start, cfg, on_line)
         timer = threading.Timer(cfg.timeout, state.expire)
+        timer.daemon = True
         timer.start()
         try:
             state.pump()
@@ -220,25 +221,38 @@ class _Watch:
         self.proc.kill()
 
     def pump(self) -> None:
+        """Copy the console as it arrives (chunks, so partial lines show at once)."""
+        fd = self.proc.stdout.fileno()
+        pending = ""
         try:
-            for raw in iter(self.proc.stdout.readline, b""):
-                line = raw.decode(errors="replace")
-                self.chunks.append(line)
+            while chunk := os.read(fd, 65536):
+                text = chunk.decode(errors="replace")
                 if self.log:
-                    self.log.write(line)
+                    self.log.write(text)
                     self.log.flush()
                 if self.cfg.echo:
-                    sys.stdout.write(line)
+                    sys.stdout.write(text)
                     sys.stdout.flush()
-                if self.on_line:
-                    self.on_line(line.rstrip("\r\n"))
-                if self.pattern and self.matched_at is None and self.pattern.search(line):
-                    self.matched_at = time.monotonic() - self.start
-                    self.qmp.quit()
-                    threading.Timer(5, lambda: self.proc.poll() is None and self.proc.kill()).start()
+                pending += text
+                *complete, pending = pending.split("\n")
+                for line in complete:
+                    self._line(line + "\n")
+            if pending:
+                self._line(pending)
         finally:
             if self.log:
                 self.log.close()
+
+    def _line(self, line: str) -> None:
+        self.chunks.append(line)
+        if self.on_line:
+            self.on_line(line.rstrip("\r\n"))
+        if self.pattern and self.matched_at is None and self.pattern.search(line):
+            self.matched_at = time.monotonic() - self.start
+            self.qmp.quit()
+            killer = threading.Timer(5, lambda: self.proc.poll() is None and self.proc.kill())
+            killer.daemon = True
+            killer.start()
 
 
 def _outcome(state: _Watch, events: list[dict], returncode: int | None) -> str:
