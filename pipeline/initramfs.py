@@ -82,6 +82,8 @@ def stage(spec: InitramfsSpec, root: Path) -> None:
               "etc/spine-init", "lib/spine"):
         _mkdir(root / d)
     _install_scripts(spec.init_dir, root)
+    if not spec.busybox.is_file():
+        raise NotFoundError(f"{spec.busybox} is missing", "fetch or build the initramfs inputs first")
     _install_tools(spec, root)
     _copy(spec.busybox, root / "bin" / "busybox", 0o755)
     for applet in _applets(spec.busybox):
@@ -128,8 +130,21 @@ def _applets(busybox: Path) -> list[str]:
     return sorted(a for a in listing if a and not a.startswith("/") and ".." not in a) or list(FALLBACK_APPLETS)
 
 
+def _dynamic_busybox(spec: InitramfsSpec) -> list[str]:
+    """Alpine's busybox is linked against musl: its libraries must come along."""
+    info = elf.parse(spec.busybox.read_bytes(), name=str(spec.busybox))
+    if info is None or (info.interpreter is None and not info.needed):
+        return []  # static (Debian's busybox-static): nothing else to bring
+    try:
+        rel = spec.busybox.resolve().relative_to(spec.tool_root.resolve())
+    except ValueError:
+        raise NotFoundError(f"{spec.busybox} is dynamically linked but not inside the tool root",
+                            "use a static busybox, or the one in the tool root") from None
+    return ["/" + rel.as_posix()]
+
+
 def _install_tools(spec: InitramfsSpec, root: Path) -> None:
-    programs = sorted(set(spec.tools.values()))
+    programs = sorted(set(spec.tools.values()) | set(_dynamic_busybox(spec)))
     for path in elf.closure(spec.tool_root, programs):
         if path in programs:
             continue  # the tools themselves go to their in-image paths below

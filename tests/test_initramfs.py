@@ -67,6 +67,31 @@ def test_missing_modules_dep_says_to_run_depmod(tmp_path: Path) -> None:
         kernel.module_closure(k, ["dm-mod"])
 
 
+def test_stage_brings_the_libraries_of_a_dynamic_busybox(tmp_path: Path) -> None:
+    # Alpine's busybox is dynamic (musl); a glibc /bin/true from the host stands in.
+    from pipeline import initramfs
+
+    require_tool("depmod")
+    spec = initramfs.InitramfsSpec(kernel=fake_kernel(tmp_path / "k"), busybox=Path("/bin/true"),
+                                   tool_root=Path("/"), tools={}, modules=("dm-verity",))
+    root = tmp_path / "root"
+    root.mkdir()
+    initramfs.stage(spec, root)
+    assert (root / "bin" / "busybox").read_bytes() == Path("/bin/true").read_bytes()
+    assert (root / "lib" / "x86_64-linux-gnu" / "libc.so.6").is_file()
+    assert (root / "etc" / "spine-init" / "modules").read_text().splitlines()[-1].endswith("dm-verity.ko")
+    assert (root / "init").stat().st_mode & 0o111 and (root / "bin" / "sh").is_symlink()
+
+
+def test_dynamic_busybox_outside_the_tool_root_is_refused(tmp_path: Path) -> None:
+    from pipeline import initramfs
+
+    spec = initramfs.InitramfsSpec(kernel=fake_kernel(tmp_path / "k"), busybox=Path("/bin/true"),
+                                   tool_root=tmp_path, tools={}, modules=())
+    with pytest.raises(NotFoundError, match="not inside the tool root"):
+        initramfs.stage(spec, tmp_path / "root")
+
+
 # --- ELF closure -----------------------------------------------------------------------
 
 
