@@ -167,6 +167,20 @@ def test_extract_refuses_a_missing_deb(tmp_path: Path) -> None:
         debian.extract([tmp_path / "missing.deb"], tmp_path / "out")
 
 
+@pytest.mark.slow
+def test_fetch_records_digests_and_replaces_a_tampered_cache_entry(tmp_path: Path) -> None:
+    require_tool("apt-get", "apt-cache")
+    (deb,) = debian.fetch_debs(["busybox-static"])
+    assert debian.recorded_sha256(deb) == debian.sha256_file(deb) == debian.candidates(["busybox-static"])[0].sha256
+    data = bytearray(deb.read_bytes())
+    data[5000] ^= 0xFF
+    deb.write_bytes(bytes(data))
+    (again,) = debian.fetch_debs(["busybox-static"])
+    assert again == deb and debian.sha256_file(again) == debian.recorded_sha256(again)
+    debian.extract([again], tmp_path / "x")
+    assert (tmp_path / "x" / "bin" / "busybox").is_file()
+
+
 # --- /init helpers under busybox --------------------------------------------------------
 
 
