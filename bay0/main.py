@@ -124,12 +124,15 @@ def read_cmdline(path: str = "/proc/cmdline") -> dict[str, str]:
 # ---- the warden ------------------------------------------------------------------------
 
 CHECK_INTERVAL = 10.0
+JOB_SLICE = 0.25  # seconds of import work between two looks at signals and the watchdog
+STORE_ROOT = "/persist/spine"
+LOG_FILE = "/persist/logs/bay0.log"
 REBOOT_SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-Alt-Del (SIGINT)"}
 POWEROFF_SIGNALS = {signal.SIGUSR1: "SIGUSR1", signal.SIGUSR2: "SIGUSR2", signal.SIGPWR: "SIGPWR"}
 
 
 class Warden:
-    """Everything the main loop drives: invariants, watchdog, and (later) personas."""
+    """Everything the main loop drives: invariants, watchdog, jobs, personas, mark-good."""
 
     def __init__(self, config: Config, log: Log, machine: pid1.Machine,
                  watchdog: Watchdog | None, check=None) -> None:
@@ -141,6 +144,10 @@ class Warden:
         interval = watchdog.interval if watchdog else CHECK_INTERVAL
         self.check_interval = min(interval, CHECK_INTERVAL)
         self.next_check = time.monotonic() + self.check_interval
+        self.job = None  # a generator of small steps (import), run between pings
+        self.supervisor = None
+        self.marker = None
+        self.store_root = STORE_ROOT
 
     # -- pid1.Warden protocol --
 
@@ -150,24 +157,51 @@ class Warden:
             if self.watchdog is not None:
                 self.watchdog.keepalive(now)
             self.next_check = now + self.check_interval
-        return self.next_check
+        deadline = self.next_check
+        if self.job is not None:
+            self._run_job(now)
+            deadline = now  # come straight back after collecting signals
+        if self.supervisor is not None:
+            deadline = min(deadline, self.supervisor.tick(now))
+        self._maybe_mark_good()
+        return deadline
 
     def on_signal(self, signo: int) -> None:
         if signo in REBOOT_SIGNALS:
             self.machine.reboot(f"{REBOOT_SIGNALS[signo]} received")
         if signo in POWEROFF_SIGNALS:
             self.machine.poweroff(f"{POWEROFF_SIGNALS[signo]} received")
+        if signo == signal.SIGHUP and self.job is None:
+            self.log.event("inventory.rescan", reason="SIGHUP")
+            self.job = self._rescan()
+            return
         self.log.event("signal.ignored", signal=_signal_name(signo))
 
     def claim_child(self, pid: int) -> bool:
         return False
 
     def on_reaped(self, reaped: pid1.Reaped) -> None:
+        if self.supervisor is not None and self.supervisor.on_exit(reaped.pid, reaped.status,
+                                                                   time.monotonic()):
+            return
         self.log.event("reaped", pid=reaped.pid, status=pid1.describe_status(reaped.status))
 
     def on_error(self, error: BaseException) -> None:
+        from bay0.supervisor import ContainmentError, PersonaFault
+
         self.log.event("error", error=_describe_error(error), where=_where(error))
+        if isinstance(error, PersonaFault) and self.supervisor is not None \
+                and error.name in self.supervisor.units:
+            self.supervisor.purge(error.name, f"error: {_describe_error(error)}")
+            return
+        if isinstance(error, ContainmentError):
+            self.machine.reboot(f"containment failure: {error.message}")
         self.machine.reboot(f"unexpected {type(error).__name__} in the main loop")
+
+    def shutdown(self) -> None:
+        """Before a reboot: stop the personas, detach their images."""
+        if self.supervisor is not None:
+            self.supervisor.shutdown()
 
     # -- checks --
 
@@ -178,6 +212,101 @@ class Warden:
             for problem in problems:
                 self.log.violation(problem)
             self.machine.reboot(f"invariant violated: {problems[0]}")
+
+    # -- jobs: inventory import and persona start --
+
+    def _run_job(self, now: float) -> None:
+        budget = time.monotonic() + JOB_SLICE
+        try:
+            next(self.job)  # at least one step per tick
+            while time.monotonic() < budget:
+                next(self.job)
+        except StopIteration:
+            self.job = None
+
+    def startup(self):
+        """Import a staged inventory, load the current one, start its personas."""
+        from bay0 import inventory_store as inv_store
+
+        store = inv_store.Store(self.store_root)
+        yield from self._import(store)
+        try:
+            loaded = store.load()
+        except Exception as e:  # noqa: BLE001 - any reason means: run nothing, say why, stay up
+            message, hint = inv_store.summarize(e)
+            self.log.event("inventory.none", reason=message, hint=hint, personas=0)
+            return
+        self.log.event("inventory.loaded", version=loaded.inventory.version, key=loaded.key_id,
+                       personas=len(loaded.inventory.personas))
+        self._start_personas(loaded)
+
+    def _import(self, store):
+        from bay0 import inventory_store as inv_store
+
+        try:
+            device = inv_store.find_partition()
+            if device is None:
+                self.log.event("stage.absent", partition=inv_store.STAGE_PARTNAME)
+                return False
+            inv_store.mount_stage(device)
+        except Exception as e:  # noqa: BLE001 - a broken stage never stops the boot
+            self.log.event("stage.failed", error=inv_store.summarize(e)[0])
+            return False
+        try:
+            result = yield from store.import_steps(inv_store.STAGE)
+            self.log.event("stage.import", imported=str(result.imported).lower(),
+                           version=result.version, reason=result.reason)
+            return result.imported
+        except Exception as e:  # noqa: BLE001 - refused: /persist is untouched
+            message, hint = inv_store.summarize(e)
+            self.log.event("stage.refused", error=message, hint=hint, kind=type(e).__name__)
+            return False
+        finally:
+            inv_store.unmount_stage()
+
+    def _rescan(self):
+        from bay0 import inventory_store as inv_store
+
+        imported = yield from self._import(inv_store.Store(self.store_root))
+        if imported:  # replace, don't repair: the new inventory starts from a clean boot
+            self.machine.reboot("a new inventory was imported")
+
+    def _start_personas(self, loaded) -> None:
+        import gc
+
+        from bay0.supervisor import Supervisor
+
+        good_after = loaded.inventory.extra.get("good_after")
+        if self.marker is not None and isinstance(good_after, int) and not isinstance(good_after, bool):
+            self.marker.lower(good_after)
+        if not loaded.inventory.personas:
+            return
+        supervisor = Supervisor(self.log, loaded)
+        supervisor.prepare_cgroups()  # ContainmentError: reboot
+        gc.freeze()  # keep the heap shared copy-on-write with every persona's PID 1
+        supervisor.start(time.monotonic())
+        self.supervisor = supervisor
+
+    def _maybe_mark_good(self) -> None:
+        if self.marker is None or self.job is not None:
+            return
+        healthy = self.supervisor.healthy() if self.supervisor is not None else True
+        if not self.marker.due(healthy):
+            return
+        from bay0 import bootmark
+        from bay0.inventory_store import find_partition, summarize
+
+        self.marker.done = True
+        try:
+            device = find_partition(bootmark.STATE_PARTNAME)
+            if device is None:
+                raise FileNotFoundError(f"no {bootmark.STATE_PARTNAME} partition")
+            result = bootmark.mark_slot_good(device, self.config.slot)
+        except Exception as e:  # noqa: BLE001 - the slot stays on trial; say why
+            self.log.event("slot.mark_failed", slot=self.config.slot, error=summarize(e)[0])
+            return
+        self.log.event("slot.good", slot=self.config.slot, seq=result.seq, result=result.reason,
+                       uptime=f"{self.marker.clock():.0f}")
 
 
 def _signal_name(signo: int) -> str:
@@ -263,6 +392,12 @@ def boot(argv: Sequence[str], log: Log, machine: pid1.Machine) -> Warden:
     if config.hook("wedge"):
         log.event("test.wedge", note="not pinging the watchdog any more")
         pid1.hang_forever()
+    if os.path.ismount(os.path.dirname(os.path.dirname(LOG_FILE))):  # only ever on /persist
+        log.attach_file(LOG_FILE)
+    from bay0.bootmark import BootMarker
+
+    warden.marker = BootMarker(config.slot, config.good_after)
+    warden.job = warden.startup()
     return warden
 
 
