@@ -426,6 +426,8 @@ class Supervisor:
             self._check_contained(unit)
 
     def _check_contained(self, unit: Unit) -> None:
+        if not unit.process.running():
+            return  # exited, not yet reaped: a zombie proves nothing either way
         expected = "/" + os.path.relpath(str(unit.process.cgroup.path), self.cgroup_root)
         try:
             with open(f"/proc/{unit.process.pid}/cgroup", encoding="utf-8") as f:

@@ -107,6 +107,9 @@ class FakeProcess:
         self.cgroup.kill()
         self.status = self.status or self.collect(9)
 
+    def running(self):
+        return self.status is None
+
     def close(self):
         self.cgroup.removed = True
         return self.status
