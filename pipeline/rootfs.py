@@ -410,7 +410,9 @@ def compile_python(root: Path, trees: Sequence[str]) -> None:
     if python is None:
         raise ToolError(f"python{version} is needed to byte-compile the image's Python {version}",
                         f"install python{version} on the build host")
-    run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+    # One process, files in compileall's sorted order: marshal output can depend on what
+    # else a worker compiled before (refcounts decide FLAG_REF), so no -j.
+    run([python, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
          "-s", str(root), "-p", "/", *[str(inside(root, t)) for t in present]],
         env={"PYTHONHASHSEED": "0"})
 
