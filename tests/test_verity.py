@@ -6,6 +6,7 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,7 @@ def test_work_is_spread_over_worker_processes(tmp_path: Path, monkeypatch) -> No
     def recording(data, salt):  # forked workers inherit this patch
         with open(record, "a") as f:
             f.write(f"{os.getpid()}\n")
+        time.sleep(0.05)  # so one worker cannot finish every task before the other starts
         return original(data, salt)
 
     monkeypatch.setattr(pv, "hash_blocks", recording)
