@@ -283,7 +283,8 @@ def write_entries(recipe: Recipe, root: Path) -> None:
             dest.write_text(f.content or "")
         if f.symlink is None:
             os.chmod(dest, f.mode if f.mode is not None else (0o755 if f.directory else 0o644))
-        os.lchown(dest, f.uid, f.gid)
+        if os.geteuid() == 0:  # owners need root; an unprivileged build keeps its own
+            os.lchown(dest, f.uid, f.gid)
 
 
 def inside(root: Path, path: str) -> Path:
