@@ -247,6 +247,22 @@ def test_blank_luks_and_ext4_probes(applets: Path, tmp_path: Path) -> None:
     assert proc.stdout.decode().strip() == "ok", proc.stderr
 
 
+def test_luks_label_is_read_from_the_header(applets: Path, tmp_path: Path) -> None:
+    require_tool("cryptsetup")
+    volume, key = tmp_path / "persist", tmp_path / "key"
+    volume.write_bytes(bytes(20 * 1024 * 1024))
+    key.write_bytes(os.urandom(512))
+    run(["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--label", "spine-persist-new",
+         "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", str(key), str(volume)])
+    proc = sh(applets, f"is_luks {volume} && luks_label {volume}")
+    assert proc.stdout.decode() == "spine-persist-new"
+
+
+def test_empty_salt_is_spelled_dash(applets: Path) -> None:
+    proc = sh(applets, "BC_A_data_size=4096 BC_A_hash_offset=4096 BC_A_salt=; verity_args A")
+    assert "--salt=-" in proc.stdout.decode().split()
+
+
 def test_init_script_parses_under_busybox(applets: Path) -> None:
     for script in (PROJECT_ROOT / "initramfs" / "init", BOOT_SH):
         proc = run([applets / "sh", "-n", script], check=False)

@@ -8,6 +8,8 @@ SPINE_SYSFS=${SPINE_SYSFS:-/sys}
 SPINE_DEV=${SPINE_DEV:-/dev}
 SPINE_ROOT_DM=spine_root
 SPINE_PERSIST_DM=persist
+PERSIST_LABEL=spine-persist
+PERSIST_NEW=spine-persist-new
 
 # say MESSAGE: one console line. With spine.debug=1 on the command line /init sets
 # SPINE_TIMES=1 and each line ends with the uptime, for boot-time measurements.
@@ -83,6 +85,7 @@ load_modules() {
 # (--no-superblock): with it veritysetup would take salt and sizes from the disk.
 verity_args() {
 	eval "_d=\$BC_$1_data_size _h=\$BC_$1_hash_offset _s=\$BC_$1_salt"
+	[ -n "$_s" ] || _s=- # veritysetup's spelling of "no salt"
 	echo "--no-superblock --format=1 --hash=sha256 --data-block-size=4096" \
 		"--hash-block-size=4096 --data-blocks=$((_d / 4096))" \
 		"--hash-offset=$((_h + 4096)) --salt=$_s"
@@ -127,4 +130,9 @@ has_ext4() {
 # is_luks DEV: the LUKS magic at byte 0 (cheaper than starting cryptsetup isLuks).
 is_luks() {
 	[ "$(dd if="$1" bs=6 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')" = "4c554b53babe" ]
+}
+
+# luks_label DEV: the label of a LUKS2 volume, from its binary header (48 bytes at 24).
+luks_label() {
+	dd if="$1" bs=1 skip=24 count=48 2>/dev/null | tr -d '\000'
 }
