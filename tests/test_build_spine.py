@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import tempfile
@@ -37,8 +38,6 @@ def big_dir(tmp_path_factory) -> Iterator[Path]:
 
 
 def _noexec(path: Path) -> bool:
-    import os
-
     return bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
 
 
@@ -58,10 +57,37 @@ def built(big_dir: Path, shared: Path):
     return key, first, second, big_dir
 
 
+def differing_paths(one: Path, two: Path, where: Path) -> list[str]:
+    """Unpack both Spines and name the paths whose type, mode, owner or content differ."""
+    trees = []
+    for spine in (one, two):
+        dest = where / f"diff-{spine.stem}"
+        shutil.rmtree(dest, ignore_errors=True)
+        run(["unsquashfs", "-q", "-d", str(dest), str(spine)])
+        trees.append(dest)
+    out = []
+    names = sorted({p.relative_to(t).as_posix() for t in trees for p in t.rglob("*")})
+    for name in names:
+        a, b = (t / name for t in trees)
+        if not (a.is_symlink() or a.exists()) or not (b.is_symlink() or b.exists()):
+            out.append(f"{name}: only in one")
+            continue
+        sa, sb = a.lstat(), b.lstat()
+        if (sa.st_mode, sa.st_uid, sa.st_gid) != (sb.st_mode, sb.st_uid, sb.st_gid):
+            out.append(f"{name}: mode/owner")
+        elif a.is_symlink() and os.readlink(a) != os.readlink(b):
+            out.append(f"{name}: link target")
+        elif a.is_file() and not a.is_symlink() and a.read_bytes() != b.read_bytes():
+            out.append(f"{name}: content")
+    return out
+
+
 def test_two_cold_builds_are_bit_identical(built) -> None:
     _, first, second, where = built
     assert not first.cached and not second.cached
-    assert (where / "one.spine").read_bytes() == (where / "two.spine").read_bytes()
+    one, two = where / "one.spine", where / "two.spine"
+    if one.read_bytes() != two.read_bytes():
+        pytest.fail(f"the two builds differ: {differing_paths(one, two, where)[:20]}")
 
 
 def test_manifest_lists_every_package_and_is_signed(built) -> None:
