@@ -157,6 +157,8 @@ CASES: list[Case] = (
         Case("symlink/follow-hostetc", "denied ELOOP", "after relaunch, create a file through a link to /etc"),
         Case("symlink/follow-hostroot", "denied ELOOP", "after relaunch, create a file through a link to /"),
         Case("symlink/follow-inner", "denied ELOOP", "after relaunch, create a file through the replaced directory"),
+        Case("symlink/purge-wipe", "contained", "a parent of a scratch source swapped for a link to /persist: "
+             "bay0's purge wipes only the scratch, not bay0's state"),
         Case("symlink/host-untouched", "contained", "host /etc/shadow unchanged, no marker in /etc or /"),
         Case("persist/marker", "ok", "a write inside the declared rw /persist bind works"),
         Case("persist/nothing-else", "contained", "after relaunch only the /persist marker exists"),

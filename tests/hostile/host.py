@@ -123,6 +123,49 @@ def symlinks(world: World) -> dict[str, Observation]:
     return found
 
 
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def event(self, event: str, **fields) -> None:
+        self.lines.append(" ".join([event, *(f"{k}={v}" for k, v in fields.items())]))
+
+
+def purge_wipe(world: World) -> dict[str, Observation]:
+    """bay0's real purge (Supervisor.purge) after a persona swapped a parent of its scratch
+    source for a link to bay0's own state: the wipe must stay inside the scratch source.
+
+    Persona ``mallory`` declares ``shared`` (rw, also declared by ``friend``, so it is
+    not scratch) and ``shared/b/inventory`` (rw, its scratch). Through /x it replaces
+    the directory ``shared/b`` with a link to /persist; bay0 then purges mallory.
+    """
+    from types import SimpleNamespace
+
+    from bay0.formats.inventory import Mount
+    from bay0.supervisor import Supervisor
+
+    persist = world.persist
+    state = persist / "inventory"  # stands for bay0's own store under /persist
+    state.mkdir(exist_ok=True)
+    (state / "current").write_text("bay0's inventory\n")
+    (persist / "shared/b/inventory").mkdir(parents=True, exist_ok=True)
+    for d in ("shared", "shared/b", "shared/b/inventory"):
+        os.chown(persist / d, 1000, 1000)
+    mallory = SimpleNamespace(name="mallory", mounts=(Mount("shared", "/x", rw=True),
+                                                      Mount("shared/b/inventory", "/y", rw=True)))
+    friend = SimpleNamespace(name="friend", mounts=(Mount("shared", "/x", rw=True),))
+    console = world.run("/bin/sh", "-c", f"rm -rf /mnt/b && ln -s {persist} /mnt/b && ls -l /mnt",
+                        binds=(rw_bind("shared", "/mnt"),))
+    log = _Log()
+    loaded = SimpleNamespace(inventory=SimpleNamespace(personas=[mallory, friend]))
+    Supervisor(log, loaded, persist=str(persist), state_dir=str(persist / "bay0")).purge("mallory", "test")
+    survived = (state / "current").exists()
+    return {"symlink/purge-wipe": Observation(
+        "contained" if survived else "exposed",
+        f"bay0's {state.name}/current {'intact' if survived else 'DELETED by the purge'}",
+        console + "\n".join(log.lines))}
+
+
 def persistence(world: World) -> dict[str, Observation]:
     """A marker in the rw bind survives a relaunch; nothing else was written anywhere."""
     found: dict[str, Observation] = {}
@@ -152,7 +195,7 @@ def exhaustion(world: World) -> dict[str, Observation]:
     return found
 
 
-SCENARIOS: tuple[Scenario, ...] = (escapes, lateral, symlinks, persistence, exhaustion)
+SCENARIOS: tuple[Scenario, ...] = (escapes, lateral, symlinks, purge_wipe, persistence, exhaustion)
 
 
 def run_all(world: World) -> dict[str, Observation]:
