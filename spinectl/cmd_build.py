@@ -103,7 +103,7 @@ def build_spine(
     out: Path = typer.Option(..., "-o", "--output", help="The .spine file to write."),
     trust_key: list[Path] = typer.Option([], "--trust-key", help="Extra trust-root public key (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Build everything afresh (nothing read or stored)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Skip the artifact cache (downloaded packages are still reused)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Build a signed Spine: rootfs -> reproducible squashfs -> verity -> signed manifest."""
@@ -122,7 +122,7 @@ def build_pod(
     recipe: Path = typer.Option(..., "--recipe", "-r", help="Pod recipe (e.g. pipeline/recipes/personas/httpd.toml)."),
     out: Path = typer.Option(..., "-o", "--output", help="The pod image to write."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Build everything afresh (nothing read or stored)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Skip the artifact cache (downloaded packages are still reused)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Build a persona image from Alpine packages, files and an entrypoint."""
