@@ -133,3 +133,12 @@ def test_bay0_imports_in_the_spine_root(built) -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == b"ok", proc.stderr
     release = (root / "etc/spine/release").read_text()
     assert "version=0.1.0-test\n" in release and "alpine=3.19.1\n" in release
+    # The manifest's Alpine packages are exactly what the installed database records.
+    db = {}
+    for stanza in (root / "lib/apk/db/installed").read_text().split("\n\n"):
+        fields = dict(line.split(":", 1) for line in stanza.splitlines() if line[1:2] == ":")
+        if "P" in fields:
+            db[fields["P"]] = (fields["V"], fields["C"])
+    manifest = open_spine(where / "one.spine", [built[0].public_key]).manifest
+    listed = {p["name"]: (p["version"], p["checksum"]) for p in manifest.contents if p["origin"] == "alpine"}
+    assert listed == db
