@@ -30,7 +30,7 @@ from typing import Any
 from bay0.atomic import atomic_output
 from bay0.errors import ExistsError, StorageError, UsageError
 from bay0.formats import minisign
-from bay0.formats.spine import Footer, Manifest, build_id_for, pack_footer
+from bay0.formats.spine import Manifest, build_id_for
 from bay0.formats.verity import ImageIdentity, VerityParams
 from pipeline import spine as spine_mod
 from pipeline.cache import ArtifactCache, digest_inputs
@@ -196,13 +196,9 @@ def _write_spine(image: Path, meta: dict[str, Any], out: Path, *, plan: Plan, di
         extra={"recipe_name": recipe.name, "input_digest": digest,
                "kernel_release": meta.get("kernel_release") or ""},
     )
-    body = manifest.to_bytes()
-    key_id = key.public_key.key_id_hex
-    signature = key.sign(body, spine_mod._trusted_comment(manifest, key_id))
     with atomic_output(out, overwrite=force) as tmp:
         os.replace(image, tmp)  # the work directory sits beside ``out``: a rename
-        with open(tmp, "ab") as f:
-            f.write(body + signature + pack_footer(Footer(meta["image_size"], len(body), len(signature))))
+        spine_mod.append_signed_manifest(tmp, manifest, key)
     return manifest
 
 

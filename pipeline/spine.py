@@ -47,9 +47,20 @@ class SpineArtifact:
         return VerityParams.from_dict(self.manifest.verity)
 
 
-def _trusted_comment(manifest: Manifest, key_id: str) -> str:
+def trusted_comment(manifest: Manifest, key_id: str) -> str:
+    """The signed comment of a manifest signature (format-spine.md)."""
     return (f"timestamp:{manifest.created}\tfile:spine-manifest\t"
             f"spine:{manifest.spine_version}\tbuild:{manifest.build_id}\tkey:{key_id}")
+
+
+def append_signed_manifest(image: Path, manifest: Manifest, secret_key: minisign.SecretKey) -> Footer:
+    """Sign ``manifest`` and append it, its signature and the footer to the sealed ``image``."""
+    body = manifest.to_bytes()
+    signature = secret_key.sign(body, trusted_comment(manifest, secret_key.public_key.key_id_hex))
+    footer = Footer(manifest.image_size, len(body), len(signature))
+    with open(image, "ab") as f:
+        f.write(body + signature + pack_footer(footer))
+    return footer
 
 
 def pack(
@@ -87,13 +98,8 @@ def pack(
             contents=tuple(contents),
             extra=dict(extra or {}),
         )
-        body = manifest.to_bytes()
-        key_id = secret_key.public_key.key_id_hex
-        signature = secret_key.sign(body, _trusted_comment(manifest, key_id))
-        footer = Footer(image_size, len(body), len(signature))
-        with open(tmp, "ab") as f:
-            f.write(body + signature + pack_footer(footer))
-    return SpineArtifact(Path(out), manifest, footer, key_id)
+        footer = append_signed_manifest(tmp, manifest, secret_key)
+    return SpineArtifact(Path(out), manifest, footer, secret_key.public_key.key_id_hex)
 
 
 def read_trailer(path: Path) -> tuple[Footer, bytes, bytes]:
