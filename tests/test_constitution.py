@@ -72,7 +72,7 @@ def test_pending_enforcement_is_listed(capsys) -> None:
 
 
 # Rules whose every enforcing test may still be pending (their issue has not landed).
-PENDING_ALLOWED: set[str] = {"04-pid1-authority"}
+PENDING_ALLOWED: set[str] = set()
 
 
 def test_the_reference_reader_catches_a_missing_test(tmp_path: Path) -> None:
