@@ -170,7 +170,12 @@ CASES: list[Case] = (
              "while another persona keeps answering", where="qemu"),
         Case("exhaust/cpu-hog", "contained", "a CPU hog is throttled to cpu.max", where="qemu"),
         Case("persist/reboot", "contained", "writes anywhere but /persist do not survive a reboot", where="qemu"),
-        Case("guest/escape-battery", "contained", "the escape battery again inside the booted appliance", where="qemu"),
+        Case("guest/escape-battery", "contained", "the escape battery again inside the booted appliance "
+             "(no file capabilities in a pod: fcaps-binary is host-only)", where="qemu"),
+        Case("guest/lateral", "contained", "attacker persona vs victim persona in the appliance: abstract "
+             "socket, loopback, SysV IPC, environ", where="qemu"),
+        Case("guest/persist-first-boot", "absent", "the /persist marker does not exist before the first write",
+             where="qemu"),
         Case("fault/torn-boot-control", "ok", "a torn write of the newer boot-control copy: boots on the older one", where="qemu"),
         Case("fault/wedged-bay0", "ok", "bay0 stops pinging (spine.test.wedge=1): the i6300esb resets the VM", where="qemu"),
         Case("fault/persist-wrong-flags", "ok", "/persist mounted without nodev,nosuid,noexec: bay0 reboots", where="qemu"),

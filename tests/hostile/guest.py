@@ -1,23 +1,23 @@
-"""The QEMU half of the suite: fault injection against the booted appliance.
+"""The QEMU half of the suite: the hostile persona and fault injection in the real appliance.
 
-Two boots, each as short as the case allows (TCG, direct kernel boot):
+Four boots under TCG (direct kernel boot), as few as the cases allow:
 
 1. torn boot-control — the e2e test image (tests/e2e/vmdisk: busybox root with the
-   bay0 test double) on a disk whose newer boot-control copy was torn after its first
-   sector: the initramfs must fall back to the older copy, boot slot A, and write the
-   next state whole.
-2. wedged bay0 — the real test Spine (pipeline/recipes/spine-test.toml, real bay0)
-   with ``spine.test.wedge=1``: after READY bay0 stops pinging and the i6300esb must
-   reset the VM.
-
-The persona cases (escape battery in the guest, pids.max, memory.max, cpu.max, reboot
-persistence) need bay0 to launch personas from an inventory; ``persona_gap()`` names
-what is missing while it is, and those cases are reported as not run with that reason.
+   bay0 test double) whose newer boot-control copy was torn after its first sector:
+   the initramfs must fall back to the older copy, boot A, and write the next state.
+2. personas — the real test Spine (pipeline/recipes/spine-test.toml, real bay0) with a
+   signed inventory of hostile personas built from one pod (the static probe + busybox):
+   the escape battery, a victim and an attacker side by side, a fork bomb under
+   pids.max, a memory balloon under memory.max beside a `keeper` that must keep
+   printing, a CPU hog under cpu.max, a /persist writer. bay0 forwards each persona's
+   output to the console (``persona.output``), which is where the probe lines are read.
+3. reboot — a second inventory deployed to the stage: the /persist marker survives.
+4. wedged bay0 — ``spine.test.wedge=1``: READY, then no ping, then an i6300esb reset.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from tests.hostile.world import Observation
 
-PERSONA_CASES = ("escape/memfd-exec", "exhaust/fork-bomb-pids-max", "exhaust/memory-balloon",
-                 "exhaust/cpu-hog", "persist/reboot", "guest/escape-battery")
+# guest-only cases the host battery also observes (shown on the host row, judged here)
+PERSONA_CASES = ("escape/memfd-exec",)
 NO_HOOK = {
     "fault/persist-wrong-flags": "no way to inject it into a real boot: initramfs/init always mounts "
                                  "/persist nodev,nosuid,noexec and has no test hook; bay0's refusal is "
@@ -36,18 +36,6 @@ NO_HOOK = {
                            "bay0's refusal is proven on the host (tests/test_bay0_invariants.py)",
 }
 WEDGE_TIMEOUT = 6  # spine.watchdog: the smallest the i6300esb keeps exactly (seconds)
-
-
-def persona_gap() -> str | None:
-    """Why bay0 cannot run personas in the guest yet, or None when it can."""
-    missing = [m for m in ("bay0.supervisor", "bay0.inventory_store") if importlib.util.find_spec(m) is None]
-    if missing:
-        return (f"bay0 PID 1 cannot launch personas yet: {', '.join(m.replace('.', '/') + '.py' for m in missing)} "
-                "missing; bay0/main.py's Warden has no persona code")
-    source = Path(importlib.util.find_spec("bay0.main").origin).read_text()
-    if "supervisor" not in source:
-        return "bay0/main.py does not start the supervisor: no persona runs in the guest"
-    return "the hostile pod boot is not written yet (tests/hostile/guest.py)"
 
 
 def qemu_available() -> str | None:
@@ -70,6 +58,7 @@ def torn_boot_control(work: Path) -> Observation:
     from tests.e2e import vmdisk
     from tests.e2e.conftest import APPEND
 
+    work.mkdir(parents=True, exist_ok=True)
     image, ident = vmdisk.build_test_image(alpine_fixtures(), work)
     disk = vmdisk.make_disk(work / "torn.img")
     vmdisk.provision(disk, image, ident)
@@ -82,76 +71,309 @@ def torn_boot_control(work: Path) -> Observation:
                                      timeout=180, console_log=work / "torn.console"))
     after = disk.state()
     ready = "bay0: READY slot=A" in result.lines("bay0: ")
-    expected = bcf.consume_try(old, "A")
+    expected = dataclasses.replace(bcf.consume_try(old, "A"), seq=old.seq + 1)
     ok = result.outcome == qemu.POWEROFF and ready and after == expected
     detail = (f"outcome={result.outcome} ready_on_A={ready} state_after_is_old_minus_one_try={after == expected} "
               f"({result.wall_seconds:.0f}s)")
     return Observation("ok" if ok else "broken", detail, result.console)
 
 
-def _spine_disk(work: Path) -> Path:
-    """Build the test Spine (real bay0) with a throwaway key and provision a disk image with it."""
-    from bay0.formats import minisign
-    from pipeline.build import build_spine
-    from pipeline.recipe import load_recipe
-    from pipeline.run import run
+POD_RECIPE = """format = 1
+kind = "pod"
+name = "hostile"
+version = "1.0.0"
+description = "The hostile persona: tests/hostile/probes/hostile_probe.c, static"
+source_date_epoch = 1704067200
+packages = ["busybox", "alpine-baselayout-data"]
 
-    key_dir = work / "keys"
-    key_dir.mkdir()
-    secret = minisign.SecretKey.generate()
-    (key_dir / "op.pub").write_text(secret.public_key().to_text())
-    recipe = load_recipe(Path(__file__).resolve().parents[2] / "pipeline/recipes/spine-test.toml")
-    recipe = recipe.with_trust_keys((*recipe.trust_keys, key_dir / "op.pub"))
-    spine = work / "test.spine"
-    build_spine(recipe, secret, spine)
-    disk = work / "spine-disk.img"
-    with open(disk, "wb") as f:
-        f.truncate(700 << 20)
-    run([shutil.which("spinectl") or "spinectl", "provision", str(disk), "--spine", str(spine),
-         "--pubkey", str(key_dir / "op.pub"), "--esp-mib", "16", "--slot-mib", "128", "--state-mib", "4",
-         "--stage-mib", "32", "--persist-min-mib", "64", "-y"])
-    return disk
+[alpine]
+release = "v3.19"
+arch = "x86_64"
+keys = "@fixtures/keys"
+repositories = [
+  { name = "iso", index = "@fixtures/v3.19/iso-repo/x86_64/APKINDEX.tar.gz", packages = ["@fixtures/v3.19/iso-repo/x86_64"] },
+]
+
+[[file]]
+path = "/hostile"
+directory = true
+mode = 0o755
+
+[[file]]
+path = "/hostile/rw"
+directory = true
+mode = 0o755
+
+[[file]]
+path = "/hostile/data"
+directory = true
+mode = 0o755
+
+[[file]]
+path = "/usr/local/bin/hostile_probe"
+src = "hostile_probe"
+mode = 0o755
+
+[[file]]
+path = "/usr/local/bin/hostile_probe_suid"
+src = "hostile_probe"
+mode = 0o4755
+
+[pod]
+entrypoint = ["/usr/local/bin/hostile_probe", "escape"]
+user = "nobody"
+network = "none"
+"""
+
+PROBE = "/usr/local/bin/hostile_probe"
+END = "HOSTILE END"
+# name, command, extra `spinectl inventory add` options. One uid for all: isolation must
+# not rest on uids. Start order is list order; `end` prints the stop marker.
+PERSONAS = (
+    ("escape", f"{PROBE} escape", ["--seccomp", "network-service", "--mount", "hostile-rw:/hostile/rw:rw"]),
+    ("victim", f"{PROBE} victim 7777", ["--seccomp", "network-service", "--env", "HOSTILE_SECRET=victim-environment"]),
+    ("attacker", f"/bin/sh -c 'sleep 6; exec {PROBE} attack 99999 7777 lateral'", ["--seccomp", "network-service"]),
+    ("bomb", f"{PROBE} fork-bomb", ["--pids", "32"]),
+    ("keeper", "/bin/sh -c 'i=0; while [ $i -lt 60 ]; do echo KEEPER $i; i=$((i+1)); sleep 1; done'", []),
+    ("balloon", f"{PROBE} memory-balloon 256", ["--memory", "32M"]),
+    ("hog", f"{PROBE} cpu-hog 6", ["--cpu", "0.2"]),
+    ("persist", f"{PROBE} persist /hostile/data", ["--mount", "hostile-data:/hostile/data:rw"]),
+    ("end", f"/bin/sh -c 'sleep 50; echo {END}'", []),
+)
+REBOOT_PERSONAS = (PERSONAS[7], ("end", f"/bin/sh -c 'sleep 3; echo {END}'", []))
+HOG_QUOTA = 0.2
+BOMB_PIDS = 32
 
 
-def wedged_bay0(work: Path) -> Observation:
-    """Real bay0 with spine.test.wedge=1: READY, then silence, then a watchdog reset."""
-    from pipeline import initramfs, qemu
-    from tests.e2e.conftest import APPEND
+class GuestKit:
+    """One Spine (real bay0), one hostile pod, one disk; built once for every guest boot."""
 
-    disk = _spine_disk(work)
-    kernel, initrd = initramfs.cached_test_initramfs()
-    append = f"{APPEND} spine.test.wedge=1 spine.watchdog={WEDGE_TIMEOUT}"
-    result = qemu.boot(qemu.VmConfig(disk=disk, kernel=kernel.vmlinuz, initrd=initrd, append=append,
-                                     timeout=300, snapshot=True, console_log=work / "wedge.console"))
-    ready = any(line.startswith("bay0: READY") for line in result.lines("bay0: "))
-    ok = result.outcome == qemu.WATCHDOG and ready
-    return Observation("ok" if ok else "broken",
-                       f"outcome={result.outcome} ready_first={ready} ({result.wall_seconds:.0f}s)", result.console)
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.keys = work / "keys"
+        self.pods = work / "pods"
+        self.disk = work / "spine-disk.img"
+
+    def spinectl(self, *args: str) -> str:
+        import sys
+
+        from pipeline.run import run
+
+        return run([sys.executable, "-m", "spinectl", *args], env=_shared_env()).stdout.decode()
+
+    def build(self) -> None:
+        from pipeline.build import build_pod, build_spine
+        from pipeline.recipe import load_recipe
+        from spinectl.keys import load_secret_key
+        from tests.hostile.world import build_probe
+
+        self.spinectl("keys", "generate", "--name", "op", "--dir", str(self.keys), "--no-passphrase")
+        recipe = load_recipe(Path(__file__).resolve().parents[2] / "pipeline/recipes/spine-test.toml")
+        recipe = recipe.with_trust_keys((*recipe.trust_keys, self.keys / "op.pub"))
+        spine = self.work / "test.spine"
+        build_spine(recipe, load_secret_key(self.keys / "op.key"), spine)
+        build_probe(self.work / "hostile_probe")
+        (self.work / "hostile-pod.toml").write_text(POD_RECIPE)
+        self.pods.mkdir()
+        build_pod(load_recipe(self.work / "hostile-pod.toml"), self.pods / "hostile.img")
+        with open(self.disk, "wb") as f:
+            f.truncate(700 << 20)
+        inventory = self.inventory("inv1.json", PERSONAS, 1)
+        self.spinectl("provision", str(self.disk), "--spine", str(spine), "--pubkey", str(self.keys / "op.pub"),
+                      "--esp-mib", "16", "--slot-mib", "128", "--state-mib", "4", "--stage-mib", "32",
+                      "--persist-min-mib", "64", "--inventory", str(inventory), "--pods", str(self.pods), "-y")
+
+    def inventory(self, name: str, personas, version: int) -> Path:
+        path = self.work / name
+        self.spinectl("inventory", "create", str(path))
+        for persona, command, extra in personas:
+            defaults = {"--cpu": "0.5", "--memory": "64M", "--pids": "64"}
+            for key in list(defaults):
+                if key in extra:
+                    del defaults[key]
+            args = [a for kv in defaults.items() for a in kv]
+            self.spinectl("inventory", "add", str(path), "--name", persona, "--image", str(self.pods / "hostile.img"),
+                          "--command", command, "--user", "1000:1000", "--restart", "never", *args, *extra)
+        self.spinectl("inventory", "sign", str(path), "--key", str(self.keys / "op.key"), "--version", str(version))
+        return path
+
+    def boot(self, append: str = "", **fields):
+        from pipeline import initramfs, qemu
+        from tests.e2e.conftest import APPEND
+
+        kernel, initrd = initramfs.cached_test_initramfs()
+        cfg = qemu.VmConfig(disk=self.disk, kernel=kernel.vmlinuz, initrd=initrd,
+                            append=f"{APPEND} {append}".strip(), timeout=300, memory_mib=512)
+        for key, value in fields.items():
+            setattr(cfg, key, value)
+        return qemu.boot(cfg, stop_when=END if not fields.get("snapshot") else None)
 
 
-GUEST_RUNS: dict[str, Callable[[Path], Observation]] = {
-    "fault/torn-boot-control": torn_boot_control,
-    "fault/wedged-bay0": wedged_bay0,
-}
+def _shared_env() -> dict[str, str]:
+    import os
+
+    from pipeline.paths import shared_dir
+
+    env = {"SPINE_CACHE": os.environ.get("SPINE_CACHE", "")} if os.environ.get("SPINE_CACHE") else {}
+    shared = shared_dir()
+    if shared is not None:
+        env["SPINE_SHARED"] = str(shared)
+    env["HOME"] = os.environ.get("HOME", "/root")
+    return env
+
+
+def persona_output(console: str) -> dict[str, list[str]]:
+    """bay0's ``persona.output`` lines, by persona name, in order."""
+    from bay0.log import parse_line
+
+    out: dict[str, list[str]] = {}
+    for line in console.splitlines():
+        if line.startswith("bay0: event=persona.output"):
+            fields = parse_line(line.rstrip("\r"))
+            out.setdefault(fields.get("name", "?"), []).append(fields.get("line", ""))
+    return out
+
+
+def bay0_events(console: str, event: str) -> list[dict[str, str]]:
+    from bay0.log import parse_line
+
+    return [parse_line(line.rstrip("\r")) for line in console.splitlines()
+            if line.startswith(f"bay0: event={event} ")]
+def judge_battery(lines: list[str], prefix: str, skip: tuple[str, ...] = ()) -> Observation:
+    """The escape (or lateral) battery as one guest observation: which probes broke out."""
+    from tests.hostile.cases import CASES
+    from tests.hostile.world import probe_lines
+
+    console = "\n".join(lines)
+    seen = probe_lines(console, f"{prefix}/")
+    wanted = [c for c in CASES if c.group == prefix and c.where == "host" and c.probe not in skip
+              and c.probe in _BATTERY_PROBES.get(prefix, {c.probe})]
+    broken = [f"{c.probe}={seen[c.name].result}:{seen[c.name].detail}" if c.name in seen else f"{c.probe}=missing"
+              for c in wanted if c.name not in seen or not c.accepts(seen[c.name].result, seen[c.name].detail)]
+    if broken:
+        return Observation("exposed", f"{len(broken)} of {len(wanted)}: " + " ".join(broken)[:300], console)
+    return Observation("contained", f"all {len(wanted)} probes as expected", console)
+
+
+# the lateral probes that mean something in the guest (pid-based ones need a host pid)
+_BATTERY_PROBES = {"lateral": {"environ-scan", "abstract-unix", "loopback", "sysv-shm", "sysv-msg", "posix-shm",
+                               "kill", "signal0", "pidfd-open", "ptrace", "environ", "proc-root"}}
+
+
+def _number_after(text: str, word: str) -> float | None:
+    parts = text.replace("=", " ").split()
+    try:
+        return float(parts[parts.index(word) + 1])
+    except (ValueError, IndexError):
+        return None
+
+
+def personas_boot(kit: GuestKit) -> dict[str, Observation]:
+    """Boot 1: every hostile persona side by side under the real bay0."""
+    from tests.hostile.world import probe_lines
+
+    result = kit.boot()
+    console = result.console
+    out = persona_output(console)
+    found: dict[str, Observation] = {}
+    if not result.lines("bay0: READY"):
+        return {"error/guest-boot": Observation("error", f"no READY ({result.outcome})", console)}
+    found["guest/escape-battery"] = judge_battery(out.get("escape", []), "escape",
+                                                  skip=("fcaps-binary", "memfd-exec"))
+    found["guest/lateral"] = judge_battery(out.get("attacker", []), "lateral")
+    memfd = probe_lines("\n".join(out.get("escape", []))).get("memfd-exec")
+    found["escape/memfd-exec"] = memfd or Observation("missing", "no memfd-exec line", console)
+    bomb = probe_lines("\n".join(out.get("bomb", []))).get("fork-bomb")
+    if bomb is not None:
+        count = _number_after(bomb.detail, "after")
+        ok = bomb.result == "contained" and count is not None and count < BOMB_PIDS
+        found["exhaust/fork-bomb-pids-max"] = Observation("contained" if ok else "exposed",
+                                                          f"{bomb.detail} (pids.max {BOMB_PIDS})", console)
+    found["exhaust/memory-balloon"] = _balloon(console, out)
+    hog = probe_lines("\n".join(out.get("hog", []))).get("cpu-hog")
+    if hog is not None:
+        share = _number_after(hog.detail, "cpu_share")
+        ok = share is not None and share <= HOG_QUOTA * 1.5
+        found["exhaust/cpu-hog"] = Observation("contained" if ok else "exposed",
+                                               f"{hog.detail} (cpu.max {HOG_QUOTA})", console)
+    before = probe_lines("\n".join(out.get("persist", []))).get("persist-before")
+    found["guest/persist-first-boot"] = before or Observation("missing", "no persist-before line", console)
+    return {k: (v if v.evidence else Observation(v.result, v.detail, console)) for k, v in found.items()}
+
+
+def _balloon(console: str, out: dict[str, list[str]]) -> Observation:
+    """Killed inside its own cgroup (oom_kill counted), while `keeper` kept printing."""
+    exits = [e for e in bay0_events(console, "persona.exit") if e.get("name") == "balloon"]
+    ooms = [e for e in bay0_events(console, "persona.memory_event") if e.get("name") == "balloon"]
+    escaped = any(line.startswith("PROBE memory-balloon") for line in out.get("balloon", []))
+    lines = console.splitlines()
+    exit_at = next((i for i, line in enumerate(lines) if "event=persona.exit name=balloon" in line), None)
+    keeper_after = exit_at is not None and any("name=keeper" in line and "KEEPER" in line for line in lines[exit_at:])
+    keeper_exit = [e for e in bay0_events(console, "persona.exit") if e.get("name") == "keeper"]
+    killed = bool(exits) and exits[0].get("signal") == "9"
+    detail = (f"balloon exit={exits[0] if exits else 'none'} oom_events={ooms[-1] if ooms else 'none'} "
+              f"keeper_answered_after={keeper_after} keeper_killed={bool(keeper_exit)}")
+    ok = killed and bool(ooms) and not escaped and keeper_after and not keeper_exit
+    return Observation("killed" if ok else "exposed", detail, console)
+
+
+def reboot_boot(kit: GuestKit) -> dict[str, Observation]:
+    """Boot 2 with a new inventory (only `persist`): the /persist marker must be there."""
+    from tests.hostile.world import probe_lines
+
+    inventory = kit.inventory("inv2.json", REBOOT_PERSONAS, 2)
+    kit.spinectl("deploy", str(kit.disk), "--inventory", str(inventory), "--pods", str(kit.pods),
+                 "--pubkey", str(kit.keys / "op.pub"))
+    result = kit.boot()
+    out = persona_output(result.console)
+    before = probe_lines("\n".join(out.get("persist", []))).get("persist-before")
+    ok = before is not None and before.result == "present"
+    return {"persist/reboot": Observation("contained" if ok else "exposed",
+                                          f"marker after reboot: {before.result if before else 'no line'}",
+                                          result.console)}
+
+
+def wedge_boot(kit: GuestKit) -> dict[str, Observation]:
+    """Boot 3: real bay0 with spine.test.wedge=1: READY, then silence, then a watchdog reset."""
+    from pipeline import qemu
+
+    result = kit.boot(f"spine.test.wedge=1 spine.watchdog={WEDGE_TIMEOUT}", snapshot=True, timeout=240)
+    ready = bool(result.lines("bay0: READY"))
+    wedged = bool(bay0_events(result.console, "test.wedge"))
+    ok = result.outcome == qemu.WATCHDOG and ready and wedged
+    return {"fault/wedged-bay0": Observation(
+        "ok" if ok else "broken", f"outcome={result.outcome} ready={ready} wedged={wedged} "
+        f"({result.wall_seconds:.0f}s)", result.console)}
 
 
 def run_all() -> tuple[dict[str, Observation], dict[str, str]]:
     """Boot what can be booted: (observations, {case: reason it was not run})."""
     skips: dict[str, str] = dict(NO_HOOK)
-    gap = persona_gap()
-    for name in PERSONA_CASES:
-        skips[name] = gap or "not written"
-    found: dict[str, Observation] = {}
     missing = qemu_available()
-    for name, fn in GUEST_RUNS.items():
-        if missing:
-            skips[name] = missing
-            continue
-        work = Path(tempfile.mkdtemp(prefix="hostile-guest-", dir="/var/tmp"))
-        try:
-            found[name] = fn(work)
-        except Exception as e:  # noqa: BLE001 - a broken boot is a failed case, with its reason
-            found[name] = Observation("error", f"{type(e).__name__}: {e}", repr(e))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    if missing:
+        return {}, {**skips, "qemu": missing}
+    found: dict[str, Observation] = {}
+    work = Path(tempfile.mkdtemp(prefix="hostile-guest-", dir="/var/tmp"))
+    try:
+        found.update(_guarded("torn", lambda: {"fault/torn-boot-control": torn_boot_control(work / "torn")}))
+        kit = GuestKit(work / "kit")
+        kit.work.mkdir()
+        built = _guarded("kit", lambda: kit.build() or {})
+        found.update(built)
+        if built:
+            skips["qemu"] = "the guest kit (Spine, hostile pod, disk) could not be built: see error/kit"
+        else:
+            for name, fn in (("personas", personas_boot), ("reboot", reboot_boot), ("wedge", wedge_boot)):
+                found.update(_guarded(name, lambda fn=fn: fn(kit)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return found, skips
+
+
+def _guarded(name: str, fn: Callable[[], dict[str, Observation]]) -> dict[str, Observation]:
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - a broken boot is a failed case, with its reason
+        import traceback
+
+        return {f"error/{name}": Observation("error", f"{type(e).__name__}: {e}", traceback.format_exc())}

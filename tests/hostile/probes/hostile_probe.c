@@ -722,6 +722,8 @@ static int follow(const char *dir) {
 static int persist(const char *dir) {
     char path[256];
     snprintf(path, sizeof path, "%s/persisted-marker", dir);
+    probe_name = "persist-before";
+    line(access(path, F_OK) == 0 ? "present" : "absent", "%s", path);
     probe_name = "persist-marker";
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (fd >= 0) { write(fd, "survives\n", 9); close(fd); }
