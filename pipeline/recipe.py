@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -266,9 +267,29 @@ TOP_KEYS = {"format", "kind", "name", "version", "description", "source_date_epo
             "trust", "pod"}
 
 
+MIRROR_ENV = "SPINE_ALPINE_MIRROR"
+
+
+def _with_fallback(c: _Checker, t: dict[str, Any]) -> dict[str, Any]:
+    """Where the shared fixtures are absent (an operator's own machine), ``alpine.fallback``
+    replaces the repositories with mirror ones: the same reader, over HTTP or a local mirror.
+    ``$SPINE_ALPINE_MIRROR`` overrides the mirror URL either way."""
+    fallback = t.get("fallback")
+    if fallback is not None:
+        f = c.table(fallback, "alpine.fallback", {"mirror", "repositories", "keys"},
+                    {"mirror", "repositories"})
+        if alpine_fixtures() is None:
+            t = {**t, "mirror": f["mirror"], "repositories": f["repositories"],
+                 "keys": f.get("keys", t["keys"])}
+    if os.environ.get(MIRROR_ENV) and "mirror" in t:
+        t = {**t, "mirror": os.environ[MIRROR_ENV]}
+    return t
+
+
 def _alpine(c: _Checker, doc: Any) -> Alpine:
-    t = c.table(doc, "alpine", {"release", "arch", "keys", "mirror", "repositories"},
+    t = c.table(doc, "alpine", {"release", "arch", "keys", "mirror", "repositories", "fallback"},
                 {"release", "keys", "repositories"})
+    t = _with_fallback(c, dict(t))
     mirror = t.get("mirror")
     if mirror is not None:
         c.string(mirror, "alpine.mirror")
