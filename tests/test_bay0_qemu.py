@@ -1,0 +1,139 @@
+"""The real bay0 as PID 1 of the real test Spine, in QEMU (TCG): READY, a verified
+inventory imported from the staging partition, personas attached through loop +
+dm-verity and launched, restart with backoff then purge, mark-good after the uptime,
+and a wedged bay0 reset by the i6300esb watchdog.
+
+The Spine is built from pipeline/recipes/spine-test.toml with a throwaway trust root
+(the repository's keys/ holds none); boots are direct kernel boots with the cached test
+initramfs. Three boots, about four minutes of TCG time in all.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from bay0.formats import minisign
+from bay0.log import parse_line
+from pipeline import qemu
+from pipeline.run import run
+from tests.conftest import require_tool
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+APPEND = "console=ttyS0 quiet panic=-1"
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, alpine):
+    """(kernel, initrd, spine image, identity, signing key) for the test Spine."""
+    require_tool("qemu-system-x86_64", "mksquashfs", "mkfs.ext4", "sfdisk", "apt-get", "dpkg-deb")
+    from pipeline import build, initramfs
+    from pipeline.paths import PROJECT_ROOT
+    from pipeline.recipe import load_recipe
+
+    work = tmp_path_factory.mktemp("bay0-qemu")
+    key = minisign.SecretKey.generate()
+    (work / "keys").mkdir()
+    (work / "keys/test.pub").write_text(key.public_key.to_text())
+    text = (PROJECT_ROOT / "pipeline/recipes/spine-test.toml").read_text()
+    text = text.replace('keys = ["@keys"]', f'keys = ["{work}/keys"]')
+    (work / "spine-test.toml").write_text(text)
+    result = build.build_spine(load_recipe(work / "spine-test.toml"), key, work / "test.spine")
+    image = work / "spine.img"
+    with open(work / "test.spine", "rb") as src, open(image, "wb") as out:
+        out.write(src.read(result.identity.size))
+    kernel, initrd = initramfs.cached_test_initramfs()
+    return kernel, initrd, image, result.identity, key, work
+
+
+def stage_image(kit, version: int, personas: list[tuple[str, str, dict]]) -> bytes:
+    """An ext4 staging filesystem: inventory ``version`` signed by the trust root + one pod."""
+    from pipeline.image import build_image
+    from spinectl import inventory as service
+
+    *_, key, work = kit
+    stage = work / f"stage-{version}"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "pods").mkdir(parents=True)
+    tree = work / "pod-tree"
+    if not tree.exists():
+        for d in ("bin", "proc", "dev", "tmp", "data"):
+            (tree / d).mkdir(parents=True)
+        shutil.copy(shutil.which("busybox"), tree / "bin/busybox")
+    build_image(tree, stage / "pods/app.img", force=True)
+    doc = stage / "inventory.json"
+    service.create(doc)
+    for name, script, options in personas:
+        service.add_persona(doc, service.PersonaOptions(
+            name=name, image=str(stage / "pods/app.img"), cpu="0.5", memory="64M", pids=32,
+            command=f"/bin/busybox sh -c '{script}'", **options))
+    service.sign(doc, key, version=version)
+    fs = work / f"stage-{version}.ext4"
+    fs.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-q", "-F", "-d", str(stage), str(fs), "16M"])
+    return fs.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def disk(kit):
+    from tests.e2e import vmdisk
+
+    _, _, image, ident, _, work = kit
+    slot = ident.size // (1 << 20) + 2
+    layout = (("SPINE_ESP", 16), ("spine_a", slot), ("spine_b", slot), ("spine_state", 1),
+              ("spine_stage", 16), ("persist", 40))
+    d = vmdisk.make_disk(work / "disk.img", layout=layout)
+    vmdisk.provision(d, image, ident)
+    return d
+
+
+def boot(kit, disk, append: str, stop_when: str | None, timeout: float = 200) -> qemu.VmResult:
+    kernel, initrd, *_, work = kit
+    cfg = qemu.VmConfig(disk=disk.path, kernel=kernel.vmlinuz, initrd=initrd,
+                        append=f"{APPEND} {append}", timeout=timeout,
+                        console_log=work / f"console-{len(list(work.glob('console-*')))}.txt")
+    return qemu.boot(cfg, stop_when=stop_when)
+
+
+def events(result: qemu.VmResult, name: str) -> list[dict]:
+    return [e for e in map(parse_line, result.lines("bay0: event=")) if e.get("event") == name]
+
+
+def test_personas_run_and_the_slot_is_marked_good_after_the_uptime(kit, disk):
+    disk.write_at("spine_stage", 0, stage_image(kit, 1, [
+        ("web", "while true; do echo alive; sleep 5; done", {"user": "1000:1000",
+                                                               "mounts": ("webdata:/data:rw",)}),
+        ("job", "echo done", {"user": "1001:1001"}),
+    ]))
+    result = boot(kit, disk, "spine.good_after=25", r"event=slot\.good ")
+    assert result.outcome == qemu.MATCHED, result.console[-3000:]
+    assert "bay0: READY slot=A" in result.lines("bay0: ")
+    assert events(result, "stage.import")[0]["version"] == "1"
+    assert {e["name"] for e in events(result, "persona.start")} == {"web", "job"}
+    assert {"name": "web", "line": "alive", "event": "persona.output"} in events(result, "persona.output")
+    assert events(result, "persona.stopped")[0]["clean"] == "true"
+    good = events(result, "slot.good")[0]
+    assert good["slot"] == "A" and float(good["uptime"]) >= 25
+    assert not result.lines("bay0: VIOLATION")
+    assert disk.state().slot("A").good
+
+
+def test_a_failing_persona_is_restarted_with_backoff_then_purged(kit, disk):
+    disk.write_at("spine_stage", 0, stage_image(kit, 2, [
+        ("web", "while true; do echo alive; sleep 5; done", {"user": "1000:1000"}),
+        ("flaky", "echo failing; exit 3", {"user": "1001:1001", "max_restarts": 1, "backoff": 1}),
+    ]))
+    result = boot(kit, disk, "", r"event=persona\.purge name=flaky")
+    assert result.outcome == qemu.MATCHED, result.console[-3000:]
+    assert events(result, "stage.import")[0]["version"] == "2"
+    assert [e["delay"] for e in events(result, "persona.restart")] == ["1"]
+    assert events(result, "persona.purge")[0]["reason"] == "failed 2 times in a row (max_restarts 1)"
+
+
+def test_a_wedged_bay0_is_reset_by_the_watchdog(kit, disk):
+    result = boot(kit, disk, "spine.watchdog=4 spine.test.wedge=1", None, timeout=120)
+    assert result.outcome == qemu.WATCHDOG, result.console[-3000:]
+    opened = events(result, "watchdog.open")[0]
+    assert opened["timeout"] == "4" and opened["identity"] == "i6300ESB timer"
+    assert events(result, "test.wedge")
