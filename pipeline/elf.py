@@ -18,7 +18,7 @@ from bay0.errors import FormatError, NotFoundError
 PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_RPATH, DT_RUNPATH = 0, 1, 5, 15, 29
 
-# glibc's multiarch search order on Debian, then the plain directories musl uses.
+# glibc's multiarch search order on Debian, then the plain directories.
 DEFAULT_LIB_DIRS = (
     "lib/x86_64-linux-gnu",
     "usr/lib/x86_64-linux-gnu",
@@ -27,6 +27,10 @@ DEFAULT_LIB_DIRS = (
     "lib",
     "usr/lib",
 )
+# musl's loader searches only these. A tree may hold both libcs (the test Spine borrows
+# glibc programs from Debian beside Alpine's musl ones), so a musl program must never
+# be matched with a glibc library of the same soname, or the reverse.
+MUSL_LIB_DIRS = ("lib", "usr/local/lib", "usr/lib")
 
 
 @dataclass(frozen=True)
@@ -126,15 +130,18 @@ def resolve_in_root(root: Path, path: str) -> Path:
     raise NotFoundError(f"{path}: too many symlinks inside {root}", "check the tree for loops")
 
 
-def closure(root: Path, programs: list[str], lib_dirs: tuple[str, ...] = DEFAULT_LIB_DIRS) -> list[str]:
+def closure(root: Path, programs: list[str], lib_dirs: tuple[str, ...] | None = None) -> list[str]:
     """Every file (absolute in-root paths) the programs need: themselves, interpreter, libraries.
 
-    Raises ``NotFoundError`` naming the library no search directory holds.
+    Libraries are searched in ``lib_dirs`` when given, else in the directories of the
+    program's own libc (musl or glibc, from its interpreter; a library inherits the
+    choice of the program that needs it). Raises ``NotFoundError`` naming the library
+    no search directory holds.
     """
     found: dict[str, None] = {}
-    todo = list(programs)
+    todo: list[tuple[str, tuple[str, ...] | None]] = [(p, lib_dirs) for p in programs]
     while todo:
-        path = todo.pop(0)
+        path, dirs = todo.pop(0)
         if path in found:
             continue
         real = resolve_in_root(root, path)
@@ -146,9 +153,11 @@ def closure(root: Path, programs: list[str], lib_dirs: tuple[str, ...] = DEFAULT
         if info is None:
             continue
         if info.interpreter:
-            todo.append(info.interpreter)
+            todo.append((info.interpreter, dirs))
+            if dirs is None:
+                dirs = MUSL_LIB_DIRS if "ld-musl" in info.interpreter else DEFAULT_LIB_DIRS
         for lib in info.needed:
-            todo.append(_find_library(root, lib, info.runpath, lib_dirs, path))
+            todo.append((_find_library(root, lib, info.runpath, dirs or DEFAULT_LIB_DIRS, path), dirs))
     return list(found)
 
 

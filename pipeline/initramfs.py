@@ -26,13 +26,21 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bay0.atomic import write_atomic
-from bay0.errors import NotFoundError
+from bay0.errors import NotFoundError, SpineError
 from pipeline import cpio, debian, elf
-from pipeline.kernel import BOOT_MODULES, Kernel, fetch_kernel, install_modules, module_closure
+from pipeline.kernel import (
+    BOOT_MODULES,
+    Kernel,
+    fetch_kernel,
+    install_modules,
+    module_closure,
+    read_modules_dep,
+)
+from pipeline.kernel import describe as describe_kernel
 from pipeline.paths import PROJECT_ROOT, cache_dir
 from pipeline.run import run
 
@@ -49,14 +57,16 @@ DEFAULT_TOOLS = {
 # Debian packages of the test recipe's initramfs (production: Alpine's equivalents).
 TEST_PACKAGES = ("busybox-static", "cryptsetup-bin", "e2fsprogs")
 
-# Applets /init and bootctl.sh use; the full list comes from ``busybox --list-full``
-# when the busybox runs on this host, else this list is linked.
-FALLBACK_APPLETS = (
+# Applets /init, boot.sh and bootctl.sh use. They are always linked; the rest come from
+# ``busybox --list-full`` when the binary runs on this host, or from the applet links the
+# tool root already has (Alpine's busybox is linked against musl and may not run here).
+REQUIRED_APPLETS = (
     "bin/sh", "bin/cat", "bin/dd", "bin/echo", "bin/grep", "bin/mkdir", "bin/mount",
     "bin/umount", "bin/rm", "bin/mv", "bin/sed", "bin/sleep", "bin/sync", "bin/uname",
-    "bin/readlink", "bin/od", "usr/bin/awk", "usr/bin/basename", "usr/bin/dirname",
-    "usr/bin/head", "usr/bin/tail", "usr/bin/tr", "usr/bin/wc", "usr/bin/cmp",
-    "usr/bin/sha256sum", "sbin/insmod", "sbin/poweroff", "sbin/switch_root",
+    "bin/readlink", "bin/od", "bin/ln", "bin/ls", "usr/bin/awk", "usr/bin/basename",
+    "usr/bin/dirname", "usr/bin/cut", "usr/bin/head", "usr/bin/tail", "usr/bin/tr",
+    "usr/bin/wc", "usr/bin/cmp", "usr/bin/sha256sum", "sbin/insmod", "sbin/modprobe",
+    "sbin/poweroff", "sbin/switch_root",
 )
 
 
@@ -86,7 +96,7 @@ def stage(spec: InitramfsSpec, root: Path) -> None:
         raise NotFoundError(f"{spec.busybox} is missing", "fetch or build the initramfs inputs first")
     _install_tools(spec, root)
     _copy(spec.busybox, root / "bin" / "busybox", 0o755)
-    for applet in _applets(spec.busybox):
+    for applet in _applets(spec):
         link = root / applet
         if not link.exists() and not link.is_symlink():
             _mkdir(link.parent)
@@ -121,13 +131,28 @@ def _install_scripts(init_dir: Path, root: Path) -> None:
         _copy(script, root / "lib" / "spine" / script.name, 0o644)
 
 
-def _applets(busybox: Path) -> list[str]:
-    """Applet paths (relative) from the binary itself, falling back to a fixed list."""
+def _applets(spec: InitramfsSpec) -> list[str]:
+    """Applet paths (relative) to link to /bin/busybox."""
+    found = set(REQUIRED_APPLETS)
     try:
-        listing = run([str(busybox), "--list-full"]).stdout.decode().split()
-    except Exception:  # noqa: BLE001 - a foreign-arch busybox cannot run here
-        return list(FALLBACK_APPLETS)
-    return sorted(a for a in listing if a and not a.startswith("/") and ".." not in a) or list(FALLBACK_APPLETS)
+        listing = run([str(spec.busybox), "--list-full"]).stdout.decode().split()
+    except SpineError:  # a musl or foreign-arch busybox cannot run on this host
+        listing = _tree_applets(spec.tool_root)
+    found.update(a for a in listing if a and not a.startswith("/") and ".." not in a.split("/"))
+    return sorted(found)
+
+
+def _tree_applets(root: Path) -> list[str]:
+    """The links to busybox a root tree already has (Alpine installs one per applet)."""
+    links = []
+    for directory in ("bin", "sbin", "usr/bin", "usr/sbin"):
+        base = root / directory
+        if not base.is_dir():
+            continue
+        for entry in sorted(base.iterdir()):
+            if entry.is_symlink() and os.readlink(entry).endswith("busybox"):
+                links.append(f"{directory}/{entry.name}")
+    return links
 
 
 def _dynamic_busybox(spec: InitramfsSpec) -> list[str]:
@@ -179,6 +204,37 @@ def build_initramfs(spec: InitramfsSpec, out: str | os.PathLike[str], *, compres
         stage(spec, root)
         entries = cpio.entries_from_tree(root) + extra_entries()
         return cpio.write_archive(target, entries, compress=compress)
+
+
+def spec_from_root(tree: str | os.PathLike[str], *, modules: tuple[str, ...] | None = None) -> InitramfsSpec:
+    """The initramfs made of a Spine's own root tree: its kernel and modules, its busybox
+    (Alpine's, musl), its veritysetup/cryptsetup and mke2fs, so the same binaries serve
+    both. ``modules`` defaults to every module the tree ships: the Spine's recipe already
+    chose them for early boot and for bay0. Raises ``NotFoundError``/``FormatError``
+    when the tree lacks a piece.
+    """
+    root = Path(tree)
+    kernel = describe_kernel(root)
+    if modules is None:
+        modules = tuple(sorted(read_modules_dep(kernel)))
+    return InitramfsSpec(kernel=kernel, busybox=root / "bin" / "busybox", tool_root=root, modules=modules)
+
+
+def build_from_spine_image(image: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                           compress: str = "gzip") -> tuple[Kernel, Path]:
+    """Unpack a Spine's squashfs (``unsquashfs``; verity tree and trailer are ignored) beside
+    ``out`` and build the initramfs from it. Returns the Spine's kernel (the vmlinuz is
+    copied next to ``out``) and the initramfs path. Raises ``ToolError`` when unsquashfs fails.
+    """
+    target = Path(out)
+    with tempfile.TemporaryDirectory(prefix=".spine-tree-", dir=target.parent) as tmp:
+        tree = Path(tmp) / "root"
+        run(["unsquashfs", "-q", "-n", "-d", str(tree), str(image)])
+        spec = spec_from_root(tree)
+        vmlinuz = target.with_name(target.name + ".vmlinuz")
+        _copy(spec.kernel.vmlinuz, vmlinuz, 0o644)
+        build_initramfs(spec, target, compress=compress)
+    return replace(spec.kernel, vmlinuz=vmlinuz, root=Path()), target
 
 
 def test_spec(kernel: Kernel | None = None, *, workdir: Path | None = None) -> InitramfsSpec:

@@ -120,6 +120,17 @@ def _describe(root: Path, digest: str = "") -> Kernel:
     return Kernel(version, vmlinuz, root, digest)
 
 
+def describe(root: str | os.PathLike[str]) -> Kernel:
+    """The kernel of a tree that already has its ``modules.dep`` (e.g. a Spine's root).
+
+    Raises ``FormatError``/``NotFoundError`` when the tree holds no usable kernel.
+    """
+    kernel = _describe(Path(root))
+    if not (kernel.modules_dir / "modules.dep").is_file():
+        raise NotFoundError(f"{kernel.modules_dir}/modules.dep is missing", "run depmod -b on the tree")
+    return kernel
+
+
 def prepare_tree(root: str | os.PathLike[str], *, deb_sha256: str = "") -> Kernel:
     """Describe an extracted kernel tree and (re)build its ``modules.dep`` with depmod.
 

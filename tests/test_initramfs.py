@@ -83,6 +83,23 @@ def test_stage_brings_the_libraries_of_a_dynamic_busybox(tmp_path: Path) -> None
     assert (root / "init").stat().st_mode & 0o111 and (root / "bin" / "sh").is_symlink()
 
 
+def test_spec_from_a_spine_tree_takes_its_kernel_modules_and_applet_links(tmp_path: Path) -> None:
+    from pipeline import initramfs
+
+    tree = tmp_path / "tree"
+    fake_kernel(tree)
+    (tree / "bin").mkdir()
+    (tree / "bin" / "busybox").write_bytes(b"\x7fELF" + bytes(60))  # not runnable here
+    (tree / "bin" / "sh").symlink_to("/bin/busybox")
+    (tree / "usr" / "bin").mkdir(parents=True)
+    (tree / "usr" / "bin" / "nproc").symlink_to("/bin/busybox")
+    spec = initramfs.spec_from_root(tree)
+    assert set(spec.modules) == {"dm_mod", "dm_bufio", "dm_verity", "reed_solomon"}
+    assert spec.kernel.version == "6.1.0-t" and spec.tool_root == tree
+    # The busybox cannot run on this host: the tree's own applet links are taken.
+    assert {"bin/sh", "usr/bin/nproc", "usr/bin/cut", "sbin/switch_root"} <= set(initramfs._applets(spec))
+
+
 def test_dynamic_busybox_outside_the_tool_root_is_refused(tmp_path: Path) -> None:
     from pipeline import initramfs
 
@@ -114,6 +131,24 @@ def test_elf_rejects_foreign_and_truncated_files() -> None:
         elf.parse(b"\x7fELF\x01\x01" + b"\0" * 60)
     with pytest.raises(FormatError, match="truncated"):
         elf.parse(Path("/bin/ls").read_bytes()[:100])
+
+
+def test_musl_programs_never_get_glibc_libraries(alpine, tmp_path: Path) -> None:
+    import tarfile
+
+    from tests.e2e.vmdisk import MINIROOTFS
+
+    with tarfile.open(alpine / MINIROOTFS) as tar:
+        tar.extractall(tmp_path, filter="tar")
+    info = elf.parse((tmp_path / "sbin" / "apk").read_bytes())
+    assert info is not None and "ld-musl" in (info.interpreter or "")
+    glibc_dir = tmp_path / "lib" / "x86_64-linux-gnu"
+    glibc_dir.mkdir(parents=True)
+    for soname in info.needed:  # a glibc library of the same soname, found first by glibc's order
+        (glibc_dir / soname).write_bytes(b"\x7fELF\x02\x01" + bytes(58))
+    files = elf.closure(tmp_path, ["/sbin/apk"])
+    assert not [f for f in files if f.startswith("/lib/x86_64-linux-gnu/")]
+    assert any(f.startswith("/lib/ld-musl") for f in files)
 
 
 def test_missing_library_is_named(tmp_path: Path) -> None:
