@@ -21,6 +21,8 @@ from rich.table import Table
 
 from pipeline import build as build_mod
 from pipeline import cache as cache_mod
+from pipeline.esp import build_esp_tree
+from pipeline.qemu import DEFAULT_APPEND
 from pipeline.recipe import load_recipe
 from spinectl import keys as keys_mod
 
@@ -130,6 +132,20 @@ def build_pod(
     with progress_bar(not as_json) as progress:
         result = build_mod.build_pod(parsed, out, cache=_cache(no_cache), force=force, progress=progress)
     _render(_summary(result), as_json)
+
+
+@build_app.command("esp")
+def build_esp(
+    spine: Path = typer.Option(..., "--spine", help="The signed Spine whose kernel and tree to use."),
+    out: Path = typer.Option(..., "-o", "--output", help="Directory to fill (EFI/BOOT/BOOTX64.EFI)."),
+    pubkey: Path | None = typer.Option(None, "--pubkey", help="Trusted key(s); default keys/."),
+    append: str = typer.Option(DEFAULT_APPEND, "--append", help="Kernel command line in the UKI."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing UKI."),
+) -> None:
+    """Build the ESP payload (a UKI: the Spine's kernel + its initramfs + command line)."""
+    target = build_esp_tree(spine, out, keys_mod.trusted_or_roots(pubkey), append=append,
+                            force=force)
+    typer.echo(f"{target} ({target.stat().st_size / 2**20:.1f} MiB)", err=True)
 
 
 @cache_app.command("info")
