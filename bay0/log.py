@@ -159,3 +159,13 @@ def _write_all(fd: int, data: bytes) -> bool:
     except OSError:
         return False
     return True
+
+
+def rss_kib() -> int | None:
+    """This process's resident memory (VmRSS) in KiB, for log lines."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            line = next((x for x in f if x.startswith("VmRSS:")), "")
+        return int(line.split()[1]) if line else None
+    except (OSError, ValueError, IndexError):
+        return None

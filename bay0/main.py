@@ -31,7 +31,7 @@ from typing import NoReturn
 
 from bay0 import invariants, pid1
 from bay0.errors import UsageError
-from bay0.log import Log
+from bay0.log import Log, rss_kib
 from bay0.watchdog import Watchdog, WatchdogError, find_device
 
 SLOTS = ("A", "B")
@@ -235,10 +235,12 @@ class Warden:
         except Exception as e:  # noqa: BLE001 - any reason means: run nothing, say why, stay up
             message, hint = inv_store.summarize(e)
             self.log.event("inventory.none", reason=message, hint=hint, personas=0)
+            self.log.event("startup.done", uptime=_uptime(), rss_kib=rss_kib())
             return
         self.log.event("inventory.loaded", version=loaded.inventory.version, key=loaded.key_id,
                        personas=len(loaded.inventory.personas))
         self._start_personas(loaded)
+        self.log.event("startup.done", uptime=_uptime(), rss_kib=rss_kib())
 
     def _import(self, store):
         from bay0 import inventory_store as inv_store
@@ -309,6 +311,10 @@ class Warden:
                        uptime=f"{self.marker.clock():.0f}")
 
 
+def _uptime() -> str:
+    return f"{time.clock_gettime(time.CLOCK_BOOTTIME):.2f}"
+
+
 def _signal_name(signo: int) -> str:
     try:
         return signal.Signals(signo).name
@@ -374,7 +380,8 @@ def open_watchdog(config: Config, log: Log) -> Watchdog | None:
 def boot(argv: Sequence[str], log: Log, machine: pid1.Machine) -> Warden:
     """From the first instruction to READY: returns the warden for the main loop."""
     config = parse_config(argv, read_cmdline())
-    log.event("start", slot=config.slot or "unknown", pid=os.getpid(), python=sys.version.split()[0])
+    log.event("start", slot=config.slot or "unknown", pid=os.getpid(), python=sys.version.split()[0],
+              uptime=_uptime())
     for problem in config.problems:
         log.event("config.ignored", problem=problem)
     if os.getpid() == 1:

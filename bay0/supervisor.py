@@ -387,8 +387,10 @@ class Supervisor:
             self._apply(unit, decision, now, True)
             return
         unit.state, unit.started_at = "running", now
+        from bay0.log import rss_kib
+
         self.log.event("persona.start", name=unit.name, pid=unit.process.pid,
-                       image=unit.persona.image.root_hash[:16])
+                       image=unit.persona.image.root_hash[:16], bay0_rss_kib=rss_kib())
 
     def _spawn(self, unit: Unit) -> Any:
         from bay0 import persona as sandbox

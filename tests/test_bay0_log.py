@@ -62,3 +62,9 @@ def test_symlinked_log_file_is_not_followed(tmp_path):
     log = Log(os.open(tmp_path / "console", os.O_WRONLY | os.O_CREAT))
     assert not log.attach_file(str(tmp_path / "logs/bay0.log"))
     assert not (tmp_path / "target").exists()
+
+
+def test_rss_is_read_from_proc():
+    from bay0.log import rss_kib
+
+    assert 1000 < rss_kib() < 10_000_000

@@ -137,3 +137,22 @@ def test_a_wedged_bay0_is_reset_by_the_watchdog(kit, disk):
     opened = events(result, "watchdog.open")[0]
     assert opened["timeout"] == "4" and opened["identity"] == "i6300ESB timer"
     assert events(result, "test.wedge")
+
+
+def test_a_balloon_and_a_fork_bomb_hit_their_own_ceilings_while_web_answers(kit, disk):
+    disk.write_at("spine_stage", 0, stage_image(kit, 3, [
+        ("web", "i=0; while true; do i=$((i+1)); echo alive $i; sleep 2; done", {"user": "1000:1000"}),
+        ("balloon", "x=0123456789; while true; do x=$x$x; done",
+         {"user": "1001:1001", "max_restarts": 0}),
+        ("bomb", "f() { f | f & }; f; sleep 1000", {"user": "1002:1002"}),
+    ]))
+    result = boot(kit, disk, "", r'line="alive 15"')
+    assert result.outcome == qemu.MATCHED, result.console[-3000:]
+    memory = [e for e in events(result, "persona.memory_event") if e["name"] == "balloon"]
+    assert any(int(e.get("oom_kill", 0)) >= 1 for e in memory), result.console[-3000:]
+    pids = [e for e in events(result, "persona.pids_event") if e["name"] == "bomb"]
+    assert pids and int(pids[0]["max"]) >= 1
+    assert events(result, "persona.purge")[0]["name"] == "balloon"
+    assert not [e for e in events(result, "persona.exit") if e["name"] == "web"]
+    done = events(result, "startup.done")[0]
+    print(f"\nbay0 startup.done uptime={done['uptime']} rss_kib={done['rss_kib']}")
