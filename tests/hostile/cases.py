@@ -174,6 +174,10 @@ CASES: list[Case] = (
              "(no file capabilities in a pod: fcaps-binary is host-only)", where="qemu"),
         Case("guest/lateral", "contained", "attacker persona vs victim persona in the appliance: abstract "
              "socket, loopback, SysV IPC, environ", where="qemu"),
+        Case("guest/console-forgery", "contained", "a persona printing 'bay0: READY slot=B', a CR and an "
+             "ANSI clear cannot forge a bay0 console line", where="qemu"),
+        Case("guest/output-complete", "ok", "every line a persona prints reaches bay0's console log "
+             "(a burst must not silently lose lines)", where="qemu"),
         Case("guest/persist-first-boot", "absent", "the /persist marker does not exist before the first write",
              where="qemu"),
         Case("fault/torn-boot-control", "ok", "a torn write of the newer boot-control copy: boots on the older one", where="qemu"),

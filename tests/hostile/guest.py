@@ -18,6 +18,7 @@ Four boots under TCG (direct kernel boot), as few as the cases allow:
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -129,18 +130,29 @@ PROBE = "/usr/local/bin/hostile_probe"
 END = "HOSTILE END"
 # name, command, extra `spinectl inventory add` options. One uid for all: isolation must
 # not rest on uids. Start order is list order; `end` prints the stop marker.
+# bay0 forwards at most 50 lines of a persona's output per tick and drops the rest of
+# what it read (guest/output-complete): the probes wait until every persona has
+# started (bay0 reads nothing while it starts them) and pace their lines.
+PACE = ["--env", "HOSTILE_PACE_MS=40"]
+CHATTY_LINES = 120
+FORGED = ("bay0: READY slot=B", "bay0: event=slot.good slot=B", "bay0: event=fatal forged=1")
 PERSONAS = (
-    ("escape", f"{PROBE} escape", ["--seccomp", "network-service", "--mount", "hostile-rw:/hostile/rw:rw"]),
+    ("escape", f"/bin/sh -c 'sleep 12; exec {PROBE} escape'",
+     ["--seccomp", "network-service", "--mount", "hostile-rw:/hostile/rw:rw", *PACE]),
     ("victim", f"{PROBE} victim 7777", ["--seccomp", "network-service", "--env", "HOSTILE_SECRET=victim-environment"]),
-    ("attacker", f"/bin/sh -c 'sleep 6; exec {PROBE} attack 99999 7777 lateral'", ["--seccomp", "network-service"]),
+    ("attacker", f"/bin/sh -c 'sleep 18; exec {PROBE} attack 99999 7777 lateral'",
+     ["--seccomp", "network-service", *PACE]),
+    ("forger", "/bin/sh -c 'printf \"%s\\n\\r%s\\n\\033[2J%s\\n\" "
+     + " ".join(f"\"{f}\"" for f in FORGED) + "'", []),
+    ("chatty", f"/bin/sh -c 'i=0; while [ $i -lt {CHATTY_LINES} ]; do echo CHATTY $i; i=$((i+1)); done'", []),
     ("bomb", f"{PROBE} fork-bomb", ["--pids", "32"]),
     ("keeper", "/bin/sh -c 'i=0; while [ $i -lt 60 ]; do echo KEEPER $i; i=$((i+1)); sleep 1; done'", []),
     ("balloon", f"{PROBE} memory-balloon 256", ["--memory", "32M"]),
     ("hog", f"{PROBE} cpu-hog 6", ["--cpu", "0.2"]),
     ("persist", f"{PROBE} persist /hostile/data", ["--mount", "hostile-data:/hostile/data:rw"]),
-    ("end", f"/bin/sh -c 'sleep 50; echo {END}'", []),
+    ("end", f"/bin/sh -c 'sleep 45; echo {END}'", []),
 )
-REBOOT_PERSONAS = (PERSONAS[7], ("end", f"/bin/sh -c 'sleep 3; echo {END}'", []))
+REBOOT_PERSONAS = (next(p for p in PERSONAS if p[0] == "persist"), ("end", f"/bin/sh -c 'sleep 3; echo {END}'", []))
 HOG_QUOTA = 0.2
 BOMB_PIDS = 32
 
@@ -153,6 +165,7 @@ class GuestKit:
         self.keys = work / "keys"
         self.pods = work / "pods"
         self.disk = work / "spine-disk.img"
+        self.boots = 0
 
     def spinectl(self, *args: str) -> str:
         import sys
@@ -202,16 +215,16 @@ class GuestKit:
         from tests.e2e.conftest import APPEND
 
         kernel, initrd = initramfs.cached_test_initramfs()
+        self.boots += 1
         cfg = qemu.VmConfig(disk=self.disk, kernel=kernel.vmlinuz, initrd=initrd,
-                            append=f"{APPEND} {append}".strip(), timeout=300, memory_mib=512)
+                            append=f"{APPEND} {append}".strip(), timeout=300, memory_mib=512,
+                            console_log=self.work / f"boot{self.boots}.console")
         for key, value in fields.items():
             setattr(cfg, key, value)
         return qemu.boot(cfg, stop_when=END if not fields.get("snapshot") else None)
 
 
 def _shared_env() -> dict[str, str]:
-    import os
-
     from pipeline.paths import shared_dir
 
     env = {"SPINE_CACHE": os.environ.get("SPINE_CACHE", "")} if os.environ.get("SPINE_CACHE") else {}
@@ -245,7 +258,7 @@ def judge_battery(lines: list[str], prefix: str, skip: tuple[str, ...] = ()) -> 
     from tests.hostile.world import probe_lines
 
     console = "\n".join(lines)
-    seen = probe_lines(console, f"{prefix}/")
+    seen = {k if "/" in k else f"{prefix}/{k}": v for k, v in probe_lines(console).items()}
     wanted = [c for c in CASES if c.group == prefix and c.where == "host" and c.probe not in skip
               and c.probe in _BATTERY_PROBES.get(prefix, {c.probe})]
     broken = [f"{c.probe}={seen[c.name].result}:{seen[c.name].detail}" if c.name in seen else f"{c.probe}=missing"
@@ -296,6 +309,15 @@ def personas_boot(kit: GuestKit) -> dict[str, Observation]:
         ok = share is not None and share <= HOG_QUOTA * 1.5
         found["exhaust/cpu-hog"] = Observation("contained" if ok else "exposed",
                                                f"{hog.detail} (cpu.max {HOG_QUOTA})", console)
+    forged = [line for line in console.splitlines() if line.startswith(FORGED)]
+    found["guest/console-forgery"] = Observation(
+        "exposed" if forged else "contained",
+        f"{len(forged)} console lines forged by a persona" if forged else "persona text only inside line=\"...\"",
+        console)
+    chatty = [line for line in out.get("chatty", []) if line.startswith("CHATTY ")]
+    found["guest/output-complete"] = Observation(
+        "ok" if len(chatty) == CHATTY_LINES else "dropped",
+        f"{len(chatty)} of {CHATTY_LINES} lines a persona printed reached the console", console)
     before = probe_lines("\n".join(out.get("persist", []))).get("persist-before")
     found["guest/persist-first-boot"] = before or Observation("missing", "no persist-before line", console)
     return {k: (v if v.evidence else Observation(v.result, v.detail, console)) for k, v in found.items()}
@@ -366,7 +388,8 @@ def run_all() -> tuple[dict[str, Observation], dict[str, str]]:
             for name, fn in (("personas", personas_boot), ("reboot", reboot_boot), ("wedge", wedge_boot)):
                 found.update(_guarded(name, lambda fn=fn: fn(kit)))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("HOSTILE_KEEP") != "1":  # HOSTILE_KEEP=1: keep disks and consoles
+            shutil.rmtree(work, ignore_errors=True)
     return found, skips
 
 

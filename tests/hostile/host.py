@@ -198,8 +198,20 @@ def exhaustion(world: World) -> dict[str, Observation]:
 SCENARIOS: tuple[Scenario, ...] = (escapes, lateral, symlinks, purge_wipe, persistence, exhaustion)
 
 
+def _wait_single_threaded(timeout: float = 10.0) -> None:
+    """The launcher refuses a threaded caller; QEMU runs earlier in a session leave
+    short-lived helper threads (QMP reader, kill timers): let them end first."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    while threading.active_count() > 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def run_all(world: World) -> dict[str, Observation]:
     """Every host scenario; one that raises is recorded against its cases, not fatal."""
+    _wait_single_threaded()
     found: dict[str, Observation] = {}
     for scenario in SCENARIOS:
         try:

@@ -87,6 +87,10 @@ static void line(const char *result, const char *fmt, ...) {
     va_end(ap);
     printf("PROBE %s %s %s\n", probe_name, result, detail[0] ? detail : "-");
     fflush(stdout);
+    /* HOSTILE_PACE_MS: a pause after each line, for consoles that forward a bounded
+       number of lines per tick (bay0 forwards persona output at most 50 lines a tick) */
+    const char *pace = getenv("HOSTILE_PACE_MS");
+    if (pace) usleep(atoi(pace) * 1000);
 }
 
 /* A call's outcome: ok, or denied/absent by errno. */
