@@ -290,19 +290,34 @@ class Supervisor:
     # -- setup --
 
     def prepare_cgroups(self) -> None:
-        """Delegate cpu, memory and pids to ``personas/``; raises ``ContainmentError``."""
+        """Delegate cpu, memory and pids to ``personas/``, and make one ``shell.<name>``
+        cgroup per shell with its budget (its members live below it, so the budget holds
+        for their sum at run time too). Raises ``ContainmentError``."""
         from pathlib import Path
 
-        from bay0.sys.cgroup import CgroupError, enable_controllers
+        from bay0.sys.cgroup import Cgroup, CgroupError, ceiling_writes, enable_controllers
 
         root, parent = Path(self.cgroup_root), Path(self.cgroup_parent)
         try:
             enable_controllers(root, CONTROLLERS)
             parent.mkdir(mode=0o755, exist_ok=True)
             enable_controllers(parent, CONTROLLERS)
+            for shell in self.loaded.inventory.shells:
+                path = parent / f"shell.{shell.name}"  # a dot: never a persona's name
+                path.mkdir(mode=0o755, exist_ok=True)
+                for file, value in ceiling_writes(shell.budget):
+                    if not file.startswith("memory.oom"):
+                        Cgroup(path).write(file, value)
+                enable_controllers(path, CONTROLLERS)
         except (CgroupError, OSError) as e:
-            raise ContainmentError(f"cannot prepare the personas' cgroup: {e}",
+            raise ContainmentError(f"cannot prepare the personas' cgroups: {e}",
                                    "the kernel needs cgroup v2 with cpu, memory and pids") from e
+
+    def parent_of(self, persona: Any) -> str:
+        """The cgroup a persona's own cgroup is made in (its shell's, if any)."""
+        if getattr(persona, "shell", None):
+            return os.path.join(self.cgroup_parent, f"shell.{persona.shell}")
+        return self.cgroup_parent
 
     def start(self, now: float) -> None:
         for unit in self.units.values():
@@ -401,7 +416,7 @@ class Supervisor:
         spec = sandbox.PersonaSpec(
             name=p.name, root=unit.attachment.mount_dir, argv=tuple(p.command), uid=uid, gid=gid,
             env=dict(p.environment), binds=tuple(p.mounts), ceilings=p.ceilings, network=p.network,
-            seccomp=p.seccomp, persist=self.persist, cgroup_parent=self.cgroup_parent)
+            seccomp=p.seccomp, persist=self.persist, cgroup_parent=self.parent_of(p))
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(read_end, False)
         try:

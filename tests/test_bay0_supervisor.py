@@ -3,6 +3,7 @@ processes, and the real loop-device attach on the host."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 from dataclasses import dataclass, field
@@ -118,7 +119,8 @@ class FakeProcess:
 class World:
     """A supervisor over fake attach/launch, logging into a list."""
 
-    def __init__(self, tmp_path: Path, personas, launch_error=None, attach_error=None) -> None:
+    def __init__(self, tmp_path: Path, personas, launch_error=None, attach_error=None,
+                 shells=()) -> None:
         self.tmp = tmp_path
         self.lines: list[dict] = []
         console = tmp_path / "console"
@@ -130,7 +132,8 @@ class World:
         self.detached: list[str] = []
         self.launch_error = launch_error
         self.attach_error = attach_error
-        document = inv.Inventory(version=1, created=1, expires=2, personas=tuple(personas))
+        document = inv.Inventory(version=1, created=1, expires=2, personas=tuple(personas),
+                                 shells=tuple(shells))
         loaded = type("Loaded", (), {"inventory": document,
                                      "pod_path": lambda self, p: f"/pods/{p.image.sha256}.img"})()
         (tmp_path / "persist").mkdir(exist_ok=True)
@@ -340,3 +343,32 @@ def test_attach_refuses_a_swapped_image_before_any_device_work(tmp_path):
                                               "image has no valid verity superblock"):
         sv.attach("web", str(image), persona("web"), run=calls.append)
     assert calls == []
+
+
+def test_shells_get_a_cgroup_with_their_budget_and_members_live_below_it(tmp_path, monkeypatch):
+    from bay0.sys import cgroup
+
+    writes = []
+    monkeypatch.setattr(cgroup.Cgroup, "write", lambda self, f, v: writes.append((self.path.name, f, v)))
+    member = dataclasses.replace(persona("web"), shell="tier1")
+    w = World(tmp_path, [member, persona("solo")],
+              shells=[inv.Shell("tier1", inv.Ceilings("100000 100000", 128 << 20, 64))])
+    w.sup.prepare_cgroups()
+    assert (tmp_path / "cg/personas/shell.tier1").is_dir()
+    assert writes == [("shell.tier1", "cpu.max", "100000 100000"),
+                      ("shell.tier1", "memory.max", str(128 << 20)),
+                      ("shell.tier1", "memory.swap.max", "0"), ("shell.tier1", "pids.max", "64")]
+    assert (tmp_path / "cg/personas/shell.tier1/cgroup.subtree_control").read_text() == "+cpu +memory +pids"
+    w.sup.start(0.0)
+    w.sup.tick(0.0)
+    parents = {spec.name: spec.cgroup_parent for spec, _ in w.launched}
+    assert parents == {"web": str(tmp_path / "cg/personas/shell.tier1"),
+                       "solo": str(tmp_path / "cg/personas")}
+
+
+def test_cgroups_that_cannot_be_prepared_are_a_containment_failure(tmp_path):
+    w = World(tmp_path, [persona("web")])
+    w.sup.cgroup_root = str(tmp_path / "missing/cg")
+    w.sup.cgroup_parent = str(tmp_path / "missing/cg/personas")
+    with pytest.raises(sv.ContainmentError, match="cannot prepare the personas' cgroups"):
+        w.sup.prepare_cgroups()
