@@ -378,3 +378,37 @@ def test_corrupt_hash_tree_read_back_is_caught(disk, kit, spinectl, monkeypatch)
     r = spinectl("flash", disk, str(kit["v2"]), "--pubkey", str(kit["pub"]))
     assert r.code == 4 and ("hash block" in r.err or "data block" in r.err), r.err
     assert status(spinectl, disk)["next_boot"] == "A"
+
+
+def test_esp_payload_is_a_fat32_firmware_can_read(kit, spinectl, tmp_path) -> None:
+    require_tool("fsck.fat", "mcopy")
+    esp = tmp_path / "esp" / "EFI" / "BOOT"
+    esp.mkdir(parents=True)
+    payload = os.urandom(3 * 1024 * 1024)
+    (esp / "BOOTX64.EFI").write_bytes(payload)
+    image = blank_disk(tmp_path / "d.img")
+    r = spinectl("provision", str(image), "--esp", str(tmp_path / "esp"), "--yes", *SMALL_ARGS)
+    assert r.code == 0, r.err
+    part = read_layout(str(image)).parts["SPINE_ESP"]
+    fat = tmp_path / "esp.fat"
+    with open(image, "rb") as src:
+        src.seek(part.start)
+        fat.write_bytes(src.read(part.size))
+    check = subprocess.run(["fsck.fat", "-n", "-v", str(fat)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    total = int(check.stdout.rsplit("/", 1)[1].split()[0])  # "... 6147/80628 clusters"
+    assert total >= 65525, "fewer clusters than FAT32 allows: firmware would misread it"
+    out = tmp_path / "back.efi"
+    subprocess.run(["mcopy", "-i", str(fat), "::/EFI/BOOT/BOOTX64.EFI", str(out)], check=True,
+                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    assert out.read_bytes() == payload
+
+
+def test_too_small_esp_is_refused_before_writing(spinectl, tmp_path) -> None:
+    image = blank_disk(tmp_path / "d.img")
+    args = list(SMALL_ARGS)
+    args[args.index("--esp-mib") + 1] = "20"
+    r = spinectl("provision", str(image), "--yes", *args)
+    assert r.code == 8 and "at least 36 MiB" in r.err
+    with open(image, "rb") as f:
+        assert f.read(1 << 20) == bytes(1 << 20)

@@ -23,10 +23,28 @@ from pipeline.run import run
 LUKS_HEADER_BYTES = 16 * 1024 * 1024
 
 
+FAT32_MIN_CLUSTERS = 65525 + 1024  # below 65525 clusters it is not FAT32 to firmware
+
+
+def fat32_cluster_sectors(sectors: int) -> int:
+    """Sectors per cluster (1-8) that keep a FAT32 volume above FAT32's cluster minimum.
+
+    Raises ``DiskError`` for a partition too small to hold FAT32 at all.
+    """
+    per_cluster = 8
+    while per_cluster > 1 and sectors // per_cluster < FAT32_MIN_CLUSTERS:
+        per_cluster //= 2
+    if sectors // per_cluster < FAT32_MIN_CLUSTERS:
+        raise DiskError(f"{sectors * 512 // 2**20} MiB is too small for a FAT32 ESP",
+                        "give the ESP at least 36 MiB (--esp-mib)")
+    return per_cluster
+
+
 def make_fat(disk: str, part: Part, label: str, sector_size: int = 512) -> None:
-    """FAT32 across the whole partition."""
+    """FAT32 across the whole partition, with a cluster size firmware accepts as FAT32."""
     sectors = part.size // sector_size
     run(["mkfs.fat", "-I", "-F", "32", "-n", label, "-S", str(sector_size),
+         "-s", str(fat32_cluster_sectors(sectors)),
          f"--offset={part.start // sector_size}", disk, str(sectors * sector_size // 1024)])
 
 

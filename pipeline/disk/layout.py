@@ -24,6 +24,7 @@ ESP, SLOT_A, SLOT_B, STATE, STAGE, PERSIST = (
 PARTITION_ORDER = (ESP, SLOT_A, SLOT_B, STATE, STAGE, PERSIST)
 SLOT_PARTITIONS = {"A": SLOT_A, "B": SLOT_B}
 GPT_TAIL = MIB  # room for the backup GPT at the end, keeps the last partition aligned
+ESP_MIN_MIB = 36  # FAT32 needs 65525 clusters; one 512-byte sector per cluster at the least
 PROVISION_HINT = "provision it first: spinectl provision DEVICE --spine X.spine"
 
 
@@ -42,6 +43,9 @@ class LayoutSpec:
             if getattr(self, name) < 8:
                 raise DiskError(f"{name.replace('_mib', '')} size must be at least 8 MiB",
                                 "choose larger partition sizes")
+        if self.esp_mib < ESP_MIN_MIB:
+            raise DiskError(f"the ESP must be at least {ESP_MIN_MIB} MiB to be FAT32",
+                            f"use --esp-mib {ESP_MIN_MIB} or more")
         if self.state_mib * MIB < STATE_MIN_SIZE:
             raise DiskError("state partition must be at least 1 MiB", "use --state-mib 1 or more")
 
