@@ -156,3 +156,21 @@ def test_a_balloon_and_a_fork_bomb_hit_their_own_ceilings_while_web_answers(kit,
     assert not [e for e in events(result, "persona.exit") if e["name"] == "web"]
     done = events(result, "startup.done")[0]
     print(f"\nbay0 startup.done uptime={done['uptime']} rss_kib={done['rss_kib']}")
+
+
+def test_a_tampered_staged_inventory_is_refused_and_nothing_changes(kit, disk, tmp_path):
+    fs = tmp_path / "stage.ext4"
+    fs.write_bytes(stage_image(kit, 50, [("web", "sleep 1000", {"user": "1000:1000"})]))
+    debugfs_path = tmp_path / "inventory.json"
+    run(["debugfs", "-R", f"dump /inventory.json {debugfs_path}", str(fs)])
+    tampered = debugfs_path.read_bytes().replace(b'"pids_max":32', b'"pids_max":33')
+    debugfs_path.write_bytes(tampered)
+    run(["debugfs", "-w", "-R", "rm /inventory.json", str(fs)])
+    run(["debugfs", "-w", "-R", f"write {debugfs_path} /inventory.json", str(fs)])
+    disk.write_at("spine_stage", 0, fs.read_bytes())
+    result = boot(kit, disk, "", r"event=startup\.done")
+    assert result.outcome == qemu.MATCHED, result.console[-3000:]
+    refused = events(result, "stage.refused")[0]
+    assert refused["kind"] == "BadSignatureError", refused
+    loaded = events(result, "inventory.loaded") or events(result, "inventory.none")
+    assert loaded and loaded[0].get("version") != "50"
