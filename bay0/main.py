@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from bay0 import invariants, pid1
-from bay0.errors import UsageError
 from bay0.log import Log, rss_kib
 from bay0.watchdog import Watchdog, WatchdogError, find_device
 
@@ -78,17 +77,15 @@ class Config:
 
 
 def parse_config(argv: Sequence[str], cmdline: Mapping[str, str]) -> Config:
-    """Build the config; a bad value is recorded in ``problems`` and its default kept.
-
-    Raises ``UsageError`` for an argument bay0 does not know (a boot-chain bug).
-    """
+    """Build the config; a bad value or an unknown argument is recorded in ``problems``
+    (logged at boot) and the default kept: PID 1 does not stop over a boot-chain typo."""
     problems: list[str] = []
     slot = cmdline.get("spine.slot")
     for arg in argv:
         if arg.startswith("--slot="):
             slot = arg.partition("=")[2]
         else:
-            raise UsageError(f"unknown argument {arg!r}", "bay0 takes only --slot=A|B")
+            problems.append(f"unknown argument {arg!r} (bay0 takes only --slot=A|B)")
     if slot is not None and slot not in SLOTS:
         problems.append(f"slot {slot!r} is not A or B")
         slot = None
