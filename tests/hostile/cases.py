@@ -143,7 +143,7 @@ GUEST_ONLY = "cgroup ceilings and bay0's boot sysctls exist only in the booted a
 CASES: list[Case] = (
     [Case(f"escape/{p}", e, w) for p, e, w in _ESCAPES]
     + [Case("escape/memfd-exec", "denied|killed", "run an ELF from a memfd despite noexec "
-            "(bay0 sets vm.memfd_noexec=2 at boot)", where="qemu")]
+            "(sandbox.md: bay0 sets vm.memfd_noexec=2 at boot)", where="qemu")]
     + [Case(f"lateral/{p}", e, f"persona -> persona: {w}") for p, e, w in _LATERAL]
     + [Case(f"bay0/{p}", e, f"persona -> bay0: {w}") for p, e, w in _LATERAL if p != "environ-scan"]
     + [

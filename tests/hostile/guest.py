@@ -295,7 +295,9 @@ def personas_boot(kit: GuestKit) -> dict[str, Observation]:
                                                   skip=("fcaps-binary", "memfd-exec"))
     found["guest/lateral"] = judge_battery(out.get("attacker", []), "lateral")
     memfd = probe_lines("\n".join(out.get("escape", []))).get("memfd-exec")
-    found["escape/memfd-exec"] = memfd or Observation("missing", "no memfd-exec line", console)
+    escape_lines = "\n".join(line for line in console.splitlines() if "name=escape" in line)
+    found["escape/memfd-exec"] = (Observation(memfd.result, memfd.detail, escape_lines) if memfd
+                                  else Observation("missing", "no memfd-exec line", console))
     bomb = probe_lines("\n".join(out.get("bomb", []))).get("fork-bomb")
     if bomb is not None:
         count = _number_after(bomb.detail, "after")
@@ -317,7 +319,8 @@ def personas_boot(kit: GuestKit) -> dict[str, Observation]:
     chatty = [line for line in out.get("chatty", []) if line.startswith("CHATTY ")]
     found["guest/output-complete"] = Observation(
         "ok" if len(chatty) == CHATTY_LINES else "dropped",
-        f"{len(chatty)} of {CHATTY_LINES} lines a persona printed reached the console", console)
+        f"{len(chatty)} of {CHATTY_LINES} lines a persona printed reached the console",
+        "\n".join(line for line in console.splitlines() if "name=chatty" in line))
     before = probe_lines("\n".join(out.get("persist", []))).get("persist-before")
     found["guest/persist-first-boot"] = before or Observation("missing", "no persist-before line", console)
     return {k: (v if v.evidence else Observation(v.result, v.detail, console)) for k, v in found.items()}
