@@ -27,6 +27,7 @@ import fcntl
 import os
 import shutil
 import stat
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ STABLE_RUN = 60.0  # a run this long resets the failure count
 BACKOFF_CAP = 300.0
 CONTROLLERS = {"cpu", "memory", "pids"}
 OUTPUT_LINES_PER_TICK = 50
+CPU_LOG_INTERVAL = 10.0
 
 
 class ContainmentError(SpineError):
@@ -260,6 +262,7 @@ class Unit:
     attachment: Attachment | None = None
     events: dict[str, dict[str, int]] = field(default_factory=dict)
     output: int = -1
+    cpu_mark: tuple[float, int, int] | None = None  # (time, usage_usec, nr_throttled)
 
     @property
     def name(self) -> str:
@@ -439,8 +442,26 @@ class Supervisor:
             if grew:
                 self.log.event(f"persona.{file.split('.')[0]}_event", name=unit.name,
                                **{k: now_counts[k] for k in grew})
+        self._watch_cpu(unit, group.events("cpu.stat"))
         if unit.process.status is None:
             self._check_contained(unit)
+
+    def _watch_cpu(self, unit: Unit, counters: dict[str, int], now: float | None = None) -> None:
+        """Every ``CPU_LOG_INTERVAL`` s at most, log the CPU share of a throttled persona."""
+        now = time.monotonic() if now is None else now
+        usage, throttled = counters.get("usage_usec", 0), counters.get("nr_throttled", 0)
+        if unit.cpu_mark is None:
+            unit.cpu_mark = (now, usage, throttled)
+            return
+        since, used, was = unit.cpu_mark
+        if now - since < CPU_LOG_INTERVAL:
+            return
+        unit.cpu_mark = (now, usage, throttled)
+        if throttled > was:
+            share = (usage - used) / 1e6 / (now - since)
+            self.log.event("persona.cpu_throttled", name=unit.name, share=f"{share:.3f}",
+                           quota=unit.persona.ceilings.cpu_max.replace(" ", "/"),
+                           periods=throttled - was)
 
     def _check_contained(self, unit: Unit) -> None:
         if not unit.process.running():

@@ -65,9 +65,10 @@ def stage_image(kit, version: int, personas: list[tuple[str, str, dict]]) -> byt
     doc = stage / "inventory.json"
     service.create(doc)
     for name, script, options in personas:
+        values = {"cpu": "0.5", "memory": "64M", "pids": 32, **options}
         service.add_persona(doc, service.PersonaOptions(
-            name=name, image=str(stage / "pods/app.img"), cpu="0.5", memory="64M", pids=32,
-            command=f"/bin/busybox sh -c '{script}'", **options))
+            name=name, image=str(stage / "pods/app.img"), command=f"/bin/busybox sh -c '{script}'",
+            **values))
     service.sign(doc, key, version=version)
     fs = work / f"stage-{version}.ext4"
     fs.unlink(missing_ok=True)
@@ -139,12 +140,13 @@ def test_a_wedged_bay0_is_reset_by_the_watchdog(kit, disk):
     assert events(result, "test.wedge")
 
 
-def test_a_balloon_and_a_fork_bomb_hit_their_own_ceilings_while_web_answers(kit, disk):
+def test_balloon_bomb_and_hog_hit_their_own_ceilings_while_web_answers(kit, disk):
     disk.write_at("spine_stage", 0, stage_image(kit, 3, [
         ("web", "i=0; while true; do i=$((i+1)); echo alive $i; sleep 2; done", {"user": "1000:1000"}),
         ("balloon", "x=0123456789; while true; do x=$x$x; done",
          {"user": "1001:1001", "max_restarts": 0}),
         ("bomb", "f() { f | f & }; f; sleep 1000", {"user": "1002:1002"}),
+        ("hog", "while true; do :; done", {"user": "1003:1003", "cpu": "0.2"}),
     ]))
     result = boot(kit, disk, "", r'line="alive 15"')
     assert result.outcome == qemu.MATCHED, result.console[-3000:]
@@ -154,6 +156,8 @@ def test_a_balloon_and_a_fork_bomb_hit_their_own_ceilings_while_web_answers(kit,
     assert pids and int(pids[0]["max"]) >= 1
     assert events(result, "persona.purge")[0]["name"] == "balloon"
     assert not [e for e in events(result, "persona.exit") if e["name"] == "web"]
+    hog = [e for e in events(result, "persona.cpu_throttled") if e["name"] == "hog"]
+    assert hog and all(float(e["share"]) <= 0.25 for e in hog), hog
     done = events(result, "startup.done")[0]
     print(f"\nbay0 startup.done uptime={done['uptime']} rss_kib={done['rss_kib']}")
 

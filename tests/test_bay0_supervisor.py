@@ -372,3 +372,18 @@ def test_cgroups_that_cannot_be_prepared_are_a_containment_failure(tmp_path):
     w.sup.cgroup_parent = str(tmp_path / "missing/cg/personas")
     with pytest.raises(sv.ContainmentError, match="cannot prepare the personas' cgroups"):
         w.sup.prepare_cgroups()
+
+
+def test_a_throttled_persona_gets_one_cpu_line_per_interval(tmp_path):
+    w = World(tmp_path, [persona("hog")])
+    w.sup.start(0.0)
+    w.sup.tick(0.0)
+    unit = w.sup.units["hog"]
+    unit.cpu_mark = None  # forget the tick's own reading (real clock)
+    w.sup._watch_cpu(unit, {"usage_usec": 0, "nr_throttled": 0}, now=100.0)
+    w.sup._watch_cpu(unit, {"usage_usec": 1_000_000, "nr_throttled": 40}, now=105.0)  # too soon
+    w.sup._watch_cpu(unit, {"usage_usec": 2_000_000, "nr_throttled": 80}, now=110.0)
+    w.sup._watch_cpu(unit, {"usage_usec": 2_000_000, "nr_throttled": 80}, now=121.0)  # idle: quiet
+    assert w.events("persona.cpu_throttled") == [
+        {"event": "persona.cpu_throttled", "name": "hog", "share": "0.200", "quota": "50000/100000",
+         "periods": "80"}]
