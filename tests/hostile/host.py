@@ -32,6 +32,9 @@ def escapes(world: World) -> dict[str, Observation]:
     """The escape battery, in the most permissive profile (network-service) with a rw bind."""
     console = world.run(PROBE, "escape", seccomp="network-service", binds=(rw_bind(),))
     found = probe_lines(console, "escape/")
+    if not world.fcaps:  # without capabilities on the copy the probe proves nothing
+        found["escape/fcaps-binary"] = Observation(
+            "missing", "setcap (libcap2-bin) is not installed: the copy carries no capabilities", console)
     if "PROBES DONE" not in console:
         found["escape/battery-complete"] = Observation("missing", "the probe did not finish", console)
     return found

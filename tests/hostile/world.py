@@ -48,6 +48,7 @@ class World:
     base: Path
     root: Path
     persist: Path
+    fcaps: bool = True  # the file-capabilities copy really carries capabilities (setcap ran)
 
     def spec(self, *argv: str, **overrides) -> PersonaSpec:
         values = dict(name=f"hostile-{os.getpid()}-{next(_names)}", root=str(self.root), argv=argv,
@@ -132,14 +133,15 @@ def make_world() -> World:
         os.chmod(suid, 0o4755)
         fcaps = probe.with_name("hostile_probe_fcaps")
         shutil.copy(probe, fcaps)
-        if shutil.which("setcap"):
-            run(["setcap", "cap_sys_admin,cap_setuid,cap_dac_override+ep", str(fcaps)])
+        setcap = shutil.which("setcap") or shutil.which("setcap", path="/usr/sbin:/sbin")
+        if setcap:
+            run([setcap, "cap_sys_admin,cap_setuid,cap_dac_override+ep", str(fcaps)])
         persist = base / "persist"
         for d in ("rw/inner", "victim"):
             (persist / d).mkdir(parents=True)
         for d in ("rw", "rw/inner", "victim"):
             os.chown(persist / d, UID, GID)
-        return World(base, root, persist)
+        return World(base, root, persist, fcaps=bool(setcap))
     except BaseException:
         shutil.rmtree(base, ignore_errors=True)
         raise
