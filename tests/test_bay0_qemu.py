@@ -89,11 +89,13 @@ def disk(kit):
     return d
 
 
-def boot(kit, disk, append: str, stop_when: str | None, timeout: float = 200) -> qemu.VmResult:
+def boot(kit, disk, append: str, stop_when: str | None, timeout: float = 200,
+         **fields) -> qemu.VmResult:
     kernel, initrd, *_, work = kit
     cfg = qemu.VmConfig(disk=disk.path, kernel=kernel.vmlinuz, initrd=initrd,
                         append=f"{APPEND} {append}", timeout=timeout,
-                        console_log=work / f"console-{len(list(work.glob('console-*')))}.txt")
+                        console_log=work / f"console-{len(list(work.glob('console-*')))}.txt",
+                        **fields)
     return qemu.boot(cfg, stop_when=stop_when)
 
 
@@ -132,12 +134,14 @@ def test_a_failing_persona_is_restarted_with_backoff_then_purged(kit, disk):
     assert events(result, "persona.purge")[0]["reason"] == "failed 2 times in a row (max_restarts 1)"
 
 
-def test_a_wedged_bay0_is_reset_by_the_watchdog(kit, disk):
-    result = boot(kit, disk, "spine.watchdog=4 spine.test.wedge=1", None, timeout=120)
-    assert result.outcome == qemu.WATCHDOG, result.console[-3000:]
-    opened = events(result, "watchdog.open")[0]
-    assert opened["timeout"] == "4" and opened["identity"] == "i6300ESB timer"
-    assert events(result, "test.wedge")
+def test_a_wedged_bay0_is_reset_by_the_watchdog_and_says_so_next_boot(kit, disk):
+    result = boot(kit, disk, "spine.watchdog=4 spine.test.wedge=1", r"last_reset=watchdog",
+                  timeout=150, no_reboot=False)
+    assert result.outcome == qemu.MATCHED, result.console[-3000:]
+    first, second = events(result, "watchdog.open")[:2]
+    assert first["timeout"] == "4" and first["identity"] == "i6300ESB timer"
+    assert first["last_reset"] == "other" and events(result, "test.wedge")
+    assert (second["last_reset"], second["boot_status"]) == ("watchdog", "0x20")
 
 
 def test_balloon_bomb_and_hog_hit_their_own_ceilings_while_web_answers(kit, disk):
