@@ -102,6 +102,18 @@ def event_increases(before: dict[str, int], after: dict[str, int], keys: tuple[s
     return {k: after[k] - before.get(k, 0) for k in keys if after.get(k, 0) > before.get(k, 0)}
 
 
+def _open_beneath(root: str, relative: str) -> int:
+    """A directory fd of ``relative`` under ``root``; ELOOP if any component is a symlink."""
+    from bay0.sys import mount as m
+
+    base = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        return m.openat2(base, relative, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                         m.RESOLVE_BENEATH | m.RESOLVE_NO_SYMLINKS | m.RESOLVE_NO_MAGICLINKS)
+    finally:
+        os.close(base)
+
+
 def scratch_sources(inventory: Any, persona: Any) -> list[str]:
     """The read-write bind sources of ``persona`` that no other persona declares."""
     others = {m.source for p in inventory.personas if p.name != persona.name for m in p.mounts}
@@ -530,15 +542,37 @@ class Supervisor:
         unit.state = "purged"
 
     def _wipe(self, name: str, source: str) -> None:
+        """Remove a scratch source without following any symlink on the way.
+
+        The persona could write the whole tree below its bind, so every component is
+        resolved beneath /persist with symlinks refused (a planted link to bay0's state
+        makes the wipe refuse, not delete bay0's files), and the removal itself walks
+        directory fds (``shutil.rmtree(dir_fd=...)``).
+        """
         path = os.path.join(self.persist, source)
+        parent, leaf = os.path.split(source.rstrip("/"))
         try:
-            info = os.lstat(path)
+            dirfd = _open_beneath(self.persist, parent or ".")
         except FileNotFoundError:
             return
-        if stat.S_ISDIR(info.st_mode):
-            shutil.rmtree(path, ignore_errors=True)  # rmtree never follows symlinks inside
-        else:
-            os.unlink(path)  # a symlink or file planted in place of the directory
+        except OSError as e:
+            self.log.event("persona.scratch_refused", name=name, path=path,
+                           error=os.strerror(e.errno or 0))
+            return
+        try:
+            info = os.lstat(leaf, dir_fd=dirfd)
+            if stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(leaf, dir_fd=dirfd)
+            else:
+                os.unlink(leaf, dir_fd=dirfd)  # a symlink or file planted in place of the dir
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            self.log.event("persona.scratch_refused", name=name, path=path,
+                           error=os.strerror(e.errno or 0))
+            return
+        finally:
+            os.close(dirfd)
         self.log.event("persona.scratch_wiped", name=name, path=path)
 
     def _maybe_purge_generation(self, unit: Unit) -> None:
