@@ -321,8 +321,8 @@ def _sigdef() -> set[int]:
 def spec_from_inventory(persona: Any, root: str, **overrides: Any) -> PersonaSpec:
     """A ``PersonaSpec`` for an inventory ``Persona`` whose image is mounted at ``root``."""
     values: dict[str, Any] = dict(
-        name=persona.name, root=root, argv=tuple(persona.command), uid=persona.uid,
-        gid=persona.gid, env=dict(persona.environment), binds=tuple(persona.mounts),
+        name=persona.name, root=root, argv=tuple(persona.command), uid=persona.user.uid,
+        gid=persona.user.gid, env=dict(persona.environment), binds=tuple(persona.mounts),
         ceilings=persona.ceilings, network=persona.network, seccomp=persona.seccomp,
     )
     values.update(overrides)

@@ -427,11 +427,8 @@ class Supervisor:
 
         launch = self._launch or sandbox.launch
         p = unit.persona
-        uid, gid = ids_of(p)
-        spec = sandbox.PersonaSpec(
-            name=p.name, root=unit.attachment.mount_dir, argv=tuple(p.command), uid=uid, gid=gid,
-            env=dict(p.environment), binds=tuple(p.mounts), ceilings=p.ceilings, network=p.network,
-            seccomp=p.seccomp, persist=self.persist, cgroup_parent=self.parent_of(p))
+        spec = sandbox.spec_from_inventory(p, unit.attachment.mount_dir, persist=self.persist,
+                                           cgroup_parent=self.parent_of(p))
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(read_end, False)
         try:
@@ -623,9 +620,8 @@ class Supervisor:
 
 
 def ids_of(persona: Any) -> tuple[int, int]:
-    """(uid, gid) of an inventory persona (``user.uid``; older documents had ``uid``)."""
-    user = getattr(persona, "user", None) or persona
-    return user.uid, user.gid
+    """(uid, gid) of an inventory persona."""
+    return persona.user.uid, persona.user.gid
 
 
 def _is_identity(error: SpineError) -> bool:

@@ -342,21 +342,16 @@ def test_cgroup_create_kill_events_remove() -> None:
 
 
 def test_spec_from_inventory(world) -> None:
-    from bay0.formats.inventory import Ceilings as InvCeilings
-    from bay0.formats.inventory import Mount
+    from bay0.formats.inventory import Persona
+    from tests.test_inventory_data import persona as persona_doc
 
-    class FakePersona:  # the fields spec_from_inventory reads, as the inventory names them
-        name = "web"
-        command = ("/bin/true",)
-        uid = gid = 1000
-        environment = {"A": "b"}
-        mounts = (Mount("data", "/mnt"),)
-        ceilings = InvCeilings("50000 100000", 1 << 26, 64)
-        network = None
-        seccomp = "batch"
-
-    spec = spec_from_inventory(FakePersona, str(world["root"]))
+    entry = Persona.from_dict(persona_doc("web", command=["/bin/true"], network="none",
+                                          seccomp="batch", shell=None,
+                                          mounts=[{"source": "data", "target": "/mnt",
+                                                   "rw": False, "exec": False}]))
+    spec = spec_from_inventory(entry, str(world["root"]))
     assert spec.argv == ("/bin/true",) and spec.binds[0].source == "data"
+    assert (spec.uid, spec.gid) == (1000, 1000)
     spec.validate()
 
 
