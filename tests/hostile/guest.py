@@ -13,6 +13,9 @@ Four boots under TCG (direct kernel boot), as few as the cases allow:
    output to the console (``persona.output``), which is where the probe lines are read.
 3. reboot — a second inventory deployed to the stage: the /persist marker survives.
 4. wedged bay0 — ``spine.test.wedge=1``: READY, then no ping, then an i6300esb reset.
+5. /persist with wrong flags and 6. a writable root (tmpfs copy, not dm-verity) —
+   each through an initramfs rebuilt from a copy of initramfs/ with one line of /init
+   changed: bay0 must name the violation and reboot before READY.
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ from tests.hostile.world import Observation
 
 # guest-only cases the host battery also observes (shown on the host row, judged here)
 PERSONA_CASES = ("escape/memfd-exec",)
-NO_HOOK = {
-    "fault/persist-wrong-flags": "no way to inject it into a real boot: initramfs/init always mounts "
-                                 "/persist nodev,nosuid,noexec and has no test hook; bay0's refusal is "
-                                 "proven on the host (tests/test_bay0_invariants.py, tests/test_bay0_main.py)",
-    "fault/root-writable": "no way to inject it into a real boot: the root is squashfs on dm-verity "
-                           "(cannot be read-write) and initramfs/init has no hook to mount another root; "
-                           "bay0's refusal is proven on the host (tests/test_bay0_invariants.py)",
-}
+# Fault injection in /init: a copy of initramfs/ with one line changed (the ESP is not
+# under dm-verity, so a tampered or buggy initramfs is a real threat). (old, new).
+PERSIST_FLAGS = ('mount -t ext4 -o nodev,nosuid,noexec "$_map" /sysroot/persist',
+                 'mount -t ext4 -o nodev "$_map" /sysroot/persist')
+# (the line sits in `if ! ...; then`: the replacement is one brace group)
+ROOT_WRITABLE = ('mount -t squashfs -o ro,nodev "/dev/mapper/$SPINE_ROOT_DM" /sysroot',
+                 '{ mkdir -p /ro && mount -t squashfs -o ro,nodev "/dev/mapper/$SPINE_ROOT_DM" /ro && '
+                 'mount -t tmpfs -o size=300m,mode=0755 root /sysroot && cp -a /ro/. /sysroot/; }')
 WEDGE_TIMEOUT = 6  # spine.watchdog: the smallest the i6300esb keeps exactly (seconds)
 
 
@@ -371,9 +374,49 @@ def wedge_boot(kit: GuestKit) -> dict[str, Observation]:
         f"({result.wall_seconds:.0f}s)", result.console)}
 
 
+def _tampered_initrd(work: Path, name: str, change: tuple[str, str]) -> Path:
+    """The test initramfs rebuilt from a copy of initramfs/ whose /init has ``change`` applied."""
+    from pipeline import initramfs
+    from pipeline.paths import PROJECT_ROOT
+
+    kernel, _ = initramfs.cached_test_initramfs()
+    tree = work / f"initramfs-{name}"
+    shutil.copytree(PROJECT_ROOT / "initramfs", tree)
+    init = tree / "init"
+    text = init.read_text()
+    if change[0] not in text:
+        raise AssertionError(f"initramfs/init no longer has {change[0]!r}: update {__name__}")
+    init.write_text(text.replace(change[0], change[1]))
+    spec = dataclasses.replace(initramfs.test_spec(kernel), init_dir=tree)
+    return initramfs.build_initramfs(spec, work / f"{name}.cpio.gz")
+
+
+def _refusal_boot(kit: GuestKit, case: str, change: tuple[str, str], mount_point: str) -> dict[str, Observation]:
+    """A boot through a tampered /init: bay0 must name the broken invariant and reboot before READY."""
+    from pipeline import qemu
+
+    initrd = _tampered_initrd(kit.work, case.split("/")[1], change)
+    result = kit.boot("", initrd=initrd, snapshot=True, timeout=240, memory_mib=768)
+    violations = result.lines("bay0: VIOLATION")
+    named = [v for v in violations if mount_point in v]
+    ready = bool(result.lines("bay0: READY"))
+    ok = result.outcome == qemu.REBOOT and bool(named) and not ready
+    detail = (f"outcome={result.outcome} violation={named[0] if named else violations or 'none'} "
+              f"ready={ready} ({result.wall_seconds:.0f}s)")
+    return {case: Observation("ok" if ok else "broken", detail, result.console)}
+
+
+def persist_flags_boot(kit: GuestKit) -> dict[str, Observation]:
+    return _refusal_boot(kit, "fault/persist-wrong-flags", PERSIST_FLAGS, "/persist")
+
+
+def root_writable_boot(kit: GuestKit) -> dict[str, Observation]:
+    return _refusal_boot(kit, "fault/root-writable", ROOT_WRITABLE, "/ ")
+
+
 def run_all() -> tuple[dict[str, Observation], dict[str, str]]:
     """Boot what can be booted: (observations, {case: reason it was not run})."""
-    skips: dict[str, str] = dict(NO_HOOK)
+    skips: dict[str, str] = {}
     missing = qemu_available()
     if missing:
         return {}, {**skips, "qemu": missing}
@@ -393,7 +436,8 @@ def run_all() -> tuple[dict[str, Observation], dict[str, str]]:
                 if case.where == "qemu" and case.name not in found and case.name not in skips:
                     found[case.name] = Observation("error", f"guest kit not built: {error.detail}", error.evidence)
         else:
-            for name, fn in (("personas", personas_boot), ("reboot", reboot_boot), ("wedge", wedge_boot)):
+            for name, fn in (("personas", personas_boot), ("reboot", reboot_boot), ("wedge", wedge_boot),
+                             ("persist-flags", persist_flags_boot), ("root-writable", root_writable_boot)):
                 found.update(_guarded(name, lambda fn=fn: fn(kit)))
     finally:
         if os.environ.get("HOSTILE_KEEP") != "1":  # HOSTILE_KEEP=1: keep disks and consoles
