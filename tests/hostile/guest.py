@@ -39,7 +39,7 @@ PERSIST_FLAGS = ('mount -t ext4 -o nodev,nosuid,noexec "$_map" /sysroot/persist'
 ROOT_WRITABLE = ('mount -t squashfs -o ro,nodev "/dev/mapper/$SPINE_ROOT_DM" /sysroot',
                  '{ mkdir -p /ro && mount -t squashfs -o ro,nodev "/dev/mapper/$SPINE_ROOT_DM" /ro && '
                  'mount -t tmpfs -o size=300m,mode=0755 root /sysroot && cp -a /ro/. /sysroot/; }')
-WEDGE_TIMEOUT = 6  # spine.watchdog: the smallest the i6300esb keeps exactly (seconds)
+WEDGE_TIMEOUT = 6  # spine.watchdog seconds: short, so the wedged boot ends soon
 
 
 def qemu_available() -> str | None:

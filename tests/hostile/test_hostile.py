@@ -44,6 +44,8 @@ def guest_observations(host_observations):
 def _check(case: Case, observations, skip: str | None) -> None:
     row = judge(case, observations.get(case.name), skip)
     if row.status == NOT_RUN:
+        if IN_CI:  # CI installs every tool (.ci/run): a case that cannot run is a failure there
+            pytest.fail(f"{case.name} not run: {row.observed}")
         pytest.skip(row.observed)
     assert row.status == PASS, (
         f"{case.name}: {case.what}\nexpected {case.expect}, observed {row.observed}\n{row.evidence}")
