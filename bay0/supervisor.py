@@ -41,6 +41,8 @@ STABLE_RUN = 60.0  # a run this long resets the failure count
 BACKOFF_CAP = 300.0
 CONTROLLERS = {"cpu", "memory", "pids"}
 OUTPUT_LINES_PER_TICK = 50
+OUTPUT_LINE_MAX = 400  # longer lines are logged in pieces of this size
+OUTPUT_BUFFER = 64 * 1024  # read ahead at most this much; beyond it the persona waits
 CPU_LOG_INTERVAL = 10.0
 
 
@@ -274,6 +276,7 @@ class Unit:
     attachment: Attachment | None = None
     events: dict[str, dict[str, int]] = field(default_factory=dict)
     output: int = -1
+    pending: bytearray = field(default_factory=bytearray)  # output read but not yet logged
     cpu_mark: tuple[float, int, int] | None = None  # (time, usage_usec, nr_throttled)
 
     @property
@@ -360,7 +363,7 @@ class Supervisor:
             return False
         exit_status = unit.process.collect(status)
         self._watch(unit)
-        self._forward_output(unit)
+        self._forward_output(unit, final=True)
         self._close_process(unit)
         failed = exit_status.code != 0
         ran = now - unit.started_at
@@ -485,19 +488,38 @@ class Supervisor:
         if actual != expected and not actual.startswith(expected + "/"):
             raise ContainmentError(f"persona {unit.name}: its PID 1 is in cgroup {actual}, not {expected}")
 
-    def _forward_output(self, unit: Unit) -> None:
-        if unit.output < 0:
-            return
-        try:
-            data = os.read(unit.output, 8192)
-        except BlockingIOError:
-            return
-        if not data:
-            os.close(unit.output)
-            unit.output = -1
-            return
-        for line in data.decode(errors="replace").splitlines()[:OUTPUT_LINES_PER_TICK]:
-            self.log.event("persona.output", name=unit.name, line=line[:400])
+    def _forward_output(self, unit: Unit, *, final: bool = False) -> None:
+        """Log the persona's output line by line, losing nothing.
+
+        At most ``OUTPUT_LINES_PER_TICK`` lines per tick (``final``: everything left);
+        what is not logged yet stays buffered, and once ``OUTPUT_BUFFER`` bytes wait,
+        bay0 stops reading, so the pipe fills and a chatty persona blocks on its own
+        writes instead of having its lines dropped.
+        """
+        self._read_output(unit, limit=None if final else OUTPUT_BUFFER)
+        emitted = 0
+        while final or emitted < OUTPUT_LINES_PER_TICK:
+            end = unit.pending.find(b"\n", 0, OUTPUT_LINE_MAX + 1)
+            if end < 0:
+                if not unit.pending or (unit.output >= 0 and len(unit.pending) < OUTPUT_LINE_MAX):
+                    break
+                end = min(len(unit.pending), OUTPUT_LINE_MAX)  # a last or overlong partial line
+            line = bytes(unit.pending[:end]).decode(errors="replace")
+            del unit.pending[: end + 1 if end < len(unit.pending) and unit.pending[end] == 10 else end]
+            self.log.event("persona.output", name=unit.name, line=line)
+            emitted += 1
+
+    def _read_output(self, unit: Unit, *, limit: int | None) -> None:
+        while unit.output >= 0 and (limit is None or len(unit.pending) < limit):
+            try:
+                data = os.read(unit.output, 8192)
+            except BlockingIOError:
+                return
+            if not data:
+                os.close(unit.output)
+                unit.output = -1
+                return
+            unit.pending += data
 
     def _close_process(self, unit: Unit) -> None:
         if unit.process is None:

@@ -387,3 +387,22 @@ def test_a_throttled_persona_gets_one_cpu_line_per_interval(tmp_path):
     assert w.events("persona.cpu_throttled") == [
         {"event": "persona.cpu_throttled", "name": "hog", "share": "0.200", "quota": "50000/100000",
          "periods": "80"}]
+
+
+def test_output_is_forwarded_whole_and_paced_never_dropped(tmp_path):
+    w = World(tmp_path, [persona("web")])
+    w.sup.start(0.0)
+    w.sup.tick(0.0)
+    unit = w.sup.units["web"]
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    unit.output = read_end
+    lines = [f"line {i}" for i in range(120)] + ["x" * 1000]
+    os.write(write_end, ("\n".join(lines) + "\ntail without newline").encode())
+    w.sup._forward_output(unit)  # one tick: at most OUTPUT_LINES_PER_TICK lines
+    assert len(w.events("persona.output")) == 1 + sv.OUTPUT_LINES_PER_TICK  # + "hello"
+    os.close(write_end)  # the persona exits: everything left is logged, nothing lost
+    w.sup._forward_output(unit, final=True)
+    got = [e["line"] for e in w.events("persona.output")][1:]
+    assert got[:120] == lines[:120]
+    assert "".join(got[120:123]) == "x" * 1000 and all(len(x) <= 400 for x in got)
+    assert got[-1] == "tail without newline" and unit.output == -1
