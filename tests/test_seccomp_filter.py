@@ -60,12 +60,19 @@ def test_everything_else_in_the_table_kills() -> None:
     program = sc.build_filter("default", False)
     allowed = set(prof.BASE) | set(prof.ARGUMENT_FILTERED)
     for name, number in SYSCALLS.items():
-        if name in allowed or name in prof.ENOSYS:
+        if name in allowed or name in prof.ENOSYS or name in prof.EPERM:
             continue
         assert run_bpf(program, number) == KILL, name
     for name in ("ptrace", "mount", "unshare", "setns", "keyctl", "bpf", "perf_event_open",
                  "process_vm_readv", "userfaultfd", "open_by_handle_at", "kexec_load", "init_module"):
         assert run_bpf(program, SYSCALLS[name]) == KILL, name
+
+
+def test_memfd_create_is_refused_with_eperm_in_every_profile() -> None:
+    for profile in prof.PROFILES:
+        for networked in (False, True):
+            program = sc.build_filter(profile, networked)
+            assert run_bpf(program, SYSCALLS["memfd_create"]) == sc.SECCOMP_RET_ERRNO | errno.EPERM, profile
 
 
 def test_other_abis_are_killed_and_newer_calls_get_enosys() -> None:

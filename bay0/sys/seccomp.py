@@ -4,7 +4,9 @@ Program shape (x86_64):
 
 1. ``arch != AUDIT_ARCH_X86_64`` → kill (ia32 via ``int 0x80`` lands here).
 2. ``nr & 0x40000000`` (the x32 ABI) → kill.
-3. ``nr > NEWEST`` and clone3/io_uring_* → ``ENOSYS`` so libc falls back.
+3. ``nr > NEWEST`` and clone3/io_uring_* → ``ENOSYS`` so libc falls back;
+   memfd_create → ``EPERM`` (an anonymous file would let code outside the signed
+   image run despite noexec everywhere, and kernels before 6.3 lack vm.memfd_noexec).
 4. A binary search over the sorted allowlist (about nine compares per call; BPF
    jumps are forward only and conditional offsets fit in 8 bits, so each branch
    point is a compare plus an unconditional ``JA``), ending in small leaves that
@@ -154,9 +156,13 @@ def _emit_header(asm: _Asm) -> None:
     asm.op(BPF_JGT_K, NEWEST, jt="enosys", jf=0)
     for name in prof.ENOSYS:
         asm.op(BPF_JEQ_K, SYSCALLS[name], jt="enosys", jf=0)
+    for name in prof.EPERM:
+        asm.op(BPF_JEQ_K, SYSCALLS[name], jt="eperm", jf=0)
     asm.op(BPF_JMP_JA, "tree")
     asm.label("enosys")
     asm.ret(SECCOMP_RET_ERRNO | errno.ENOSYS)
+    asm.label("eperm")
+    asm.ret(SECCOMP_RET_ERRNO | errno.EPERM)
 
 
 def _emit_leaf(asm: _Asm, entries: list[tuple[int, str]]) -> None:

@@ -47,7 +47,7 @@ epoll_create epoll_create1
 timer_create timer_settime timer_gettime timer_getoverrun timer_delete
 getitimer setitimer alarm pause
 msync mincore mlock mlock2 munlock mlockall munlockall remap_file_pages
-pkey_alloc pkey_free pkey_mprotect memfd_create getrandom mseal map_shadow_stack cachestat
+pkey_alloc pkey_free pkey_mprotect getrandom mseal map_shadow_stack cachestat
 futex_waitv futex_wake futex_wait futex_requeue
 shmget shmat shmdt shmctl semget semop semtimedop semctl msgget msgsnd msgrcv msgctl
 mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify mq_getsetattr
@@ -64,6 +64,12 @@ ARGUMENT_FILTERED = ("socket", "socketpair", "ioctl", "clone", "personality", "m
 # Answered ENOSYS so libc falls back: clone3 (BPF cannot read its flags) and io_uring
 # (a rich source of kernel bugs; the fallback is ordinary I/O).
 ENOSYS = ("clone3", "io_uring_setup", "io_uring_enter", "io_uring_register")
+
+# Answered EPERM: memfd_create makes an anonymous, executable file, so an ELF written
+# into it would run from outside the signed image (execveat/AT_EMPTY_PATH or
+# /proc/self/fd/N) although every writable mount is noexec; vm.memfd_noexec only
+# exists from Linux 6.3. Programs see an ordinary "not permitted".
+EPERM = ("memfd_create",)
 
 # socket families (linux/socket.h)
 AF_UNIX = 1
