@@ -89,3 +89,24 @@ def test_main_as_pid1_reaches_ready_and_reboots_on_sigterm(tmp_path):
     assert "bay0: event=watchdog.absent hint=\"load the watchdog driver (i6300esb in QEMU)\"" in lines
     assert lines[-1] == 'bay0: event=reboot reason="SIGTERM received"'
     assert os.WTERMSIG(status) == signal.SIGHUP
+
+
+def test_kernel_hardening_writes_each_key_and_reports_absent_ones(tmp_path):
+    import os
+
+    from bay0 import main as bay0_main
+    from bay0.log import Log, parse_line
+
+    present = [key for key, _ in bay0_main.HARDENING if key != "vm/memfd_noexec"]
+    for key in present:
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_text("0\n")
+    console = tmp_path / "console"
+    log = Log(os.open(console, os.O_WRONLY | os.O_CREAT))
+    outcome = bay0_main.harden_kernel(log, root=str(tmp_path))
+    assert outcome["vm/memfd_noexec"] == "absent"
+    for key, value in bay0_main.HARDENING:
+        if key in present:
+            assert (tmp_path / key).read_text() == value and outcome[key] == value
+    event = parse_line(console.read_text().splitlines()[-1])
+    assert event["event"] == "sysctl.hardened" and event["absent"] == "vm.memfd_noexec"
