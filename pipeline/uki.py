@@ -8,9 +8,8 @@ and command line.
 
 Section placement: each new section starts after the stub's last section (and after the
 previous new one), rounded up to the stub's SectionAlignment, so no two overlap
-whatever the sizes. The ESP is a FAT image built with ``mkfs.fat`` and ``mtools``
-(nothing is mounted: the build host may have no vfat driver), then written into the
-``SPINE_ESP`` partition by the disk code or by ``write_esp_into``.
+whatever the sizes. The ESP itself (FAT32 in the ``SPINE_ESP`` partition, filled with
+mtools: nothing is mounted) is written by ``pipeline/disk/filesystems.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bay0.atomic import write_atomic
-from bay0.errors import DiskError, FormatError, NotFoundError
+from bay0.errors import FormatError, NotFoundError
 from pipeline.run import run
 
 STUB_CANDIDATES = (
@@ -110,51 +109,3 @@ def build_uki(
         run([*argv, str(stub), str(built)])
         write_atomic(target, built.read_bytes(), overwrite=True)
     return target
-
-
-def make_esp_image(uki: str | os.PathLike[str], out: str | os.PathLike[str], *, size: int) -> Path:
-    """A FAT image of ``size`` bytes holding ``uki`` at ``EFI/BOOT/BOOTX64.EFI``.
-
-    FAT32 when the size allows it (>= 64 MiB), FAT16 below. Raises ``DiskError`` when
-    the UKI does not fit, ``ToolError`` when mkfs.fat or mtools fail.
-    """
-    uki_size = Path(uki).stat().st_size
-    if uki_size + 2 * 1024 * 1024 > size:
-        raise DiskError(f"the UKI ({uki_size} bytes) does not fit an ESP of {size} bytes",
-                        "make the SPINE_ESP partition larger")
-    target = Path(out)
-    with tempfile.TemporaryDirectory(prefix=".esp-", dir=target.parent) as tmp:
-        image = Path(tmp) / "esp.img"
-        with open(image, "wb") as f:
-            f.truncate(size)
-        fat = "32" if size >= 64 * 1024 * 1024 else "16"
-        run(["mkfs.fat", "-F", fat, "-n", "SPINE_ESP", "--invariant", str(image)])
-        env = {"MTOOLS_SKIP_CHECK": "1"}
-        run(["mmd", "-i", str(image), "::/EFI", "::/EFI/BOOT"], env=env)
-        run(["mcopy", "-i", str(image), str(uki), "::/" + ESP_BOOT_PATH], env=env)
-        os.replace(image, target)
-    return target
-
-
-def write_esp_into(disk: str | os.PathLike[str], offset: int, esp_image: str | os.PathLike[str],
-                   *, partition_size: int) -> None:
-    """Copy an ESP image into a disk (file or device) at ``offset``; fsync before return.
-
-    Raises ``DiskError`` when the image is larger than the partition.
-    """
-    data = Path(esp_image).read_bytes()
-    if len(data) > partition_size:
-        raise DiskError(f"ESP image ({len(data)} bytes) is larger than the partition ({partition_size})",
-                        "build the ESP image with the partition's size")
-    fd = os.open(disk, os.O_WRONLY)
-    try:
-        os.pwrite(fd, data, offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def list_esp(esp_image: str | os.PathLike[str]) -> list[str]:
-    """The files on an ESP image (mtools), for checks and tests."""
-    out = run(["mdir", "-i", str(esp_image), "-/", "-b", "::/"], env={"MTOOLS_SKIP_CHECK": "1"})
-    return sorted(line.strip().removeprefix("::/") for line in out.stdout.decode().splitlines() if line.strip())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bay0.errors import DiskError, FormatError, NotFoundError, UsageError
+from bay0.errors import FormatError, NotFoundError, UsageError
 from pipeline import cpio, debian, elf, kernel, qemu, uki
 from pipeline.paths import PROJECT_ROOT
 from pipeline.run import run, which
@@ -342,16 +342,6 @@ def test_uki_sections_follow_the_stub_without_overlap(tmp_path: Path) -> None:
         assert vma >= previous_end and vma % uki.stub_layout(uki.find_stub()).alignment == 0
         previous_end = vma + size
     assert out.read_bytes().count(b"console=ttyS0 quiet") == 1
-
-
-def test_esp_image_holds_the_removable_media_path(tmp_path: Path) -> None:
-    require_tool("mkfs.fat", "mcopy", "mdir")
-    payload = tmp_path / "uki.efi"
-    payload.write_bytes(b"MZ" + os.urandom(1000))
-    esp = uki.make_esp_image(payload, tmp_path / "esp.img", size=16 * 1024 * 1024)
-    assert "EFI/BOOT/BOOTX64.EFI" in uki.list_esp(esp)
-    with pytest.raises(DiskError, match="does not fit"):
-        uki.make_esp_image(payload, tmp_path / "small.img", size=1024 * 1024)
 
 
 # --- QEMU command line -------------------------------------------------------------------
