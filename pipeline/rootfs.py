@@ -33,11 +33,19 @@ from pipeline.run import run
 MOUNT_POINTS = ("proc", "sys", "dev", "run", "tmp", "persist", "mnt/stage")
 POD_MOUNT_POINTS = ("proc", "dev", "tmp", "run")
 BAY0_DIR = "usr/lib/bay0"
-LAUNCHER = '''#!{python} -I
-"""bay0 launcher, installed by pipeline.rootfs: PID 1 after switch_root."""
+LAUNCHER = '''#!{python} -IS
+"""bay0 launcher, installed by pipeline.rootfs: PID 1 after switch_root.
+
+-S skips site.py: its directory scans and .pth files cost seconds of boot under
+emulation; the two places a distribution keeps packages are added by hand instead.
+"""
+import os
 import sys
 
 sys.path.insert(0, "/usr/lib/bay0")
+sys.path += [p for p in ("/usr/lib/python3/dist-packages",  # Debian
+                         f"/usr/lib/python3.{{sys.version_info[1]}}/site-packages")  # Alpine
+             if os.path.isdir(p)]
 from bay0.main import main  # noqa: E402
 
 raise SystemExit(main())
