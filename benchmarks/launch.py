@@ -1,6 +1,6 @@
 """Benchmark: launching a trivial persona with the full sandbox against bubblewrap.
 
-    python benchmarks/launch.py [--runs 60] [--rootfs DIR]
+    python benchmarks/launch.py [--runs 60] [--rootfs DIR] [--no-appliance]
 
 (root, on the host). Both launch ``/bin/true`` from the same read-only Alpine
 minirootfs: ours through ``bay0.persona.launch`` (new PID, mount, UTS, IPC, net and
@@ -11,7 +11,9 @@ A run is launch + wait for exit + clean-up. Runs alternate which one goes first,
 load from anything else on the machine hits both alike. The last line is
 ``launch_vs_bwrap=X`` with X = median(ours) / median(bwrap) (target <= 1.0); the line
 before it gives the CPU time per launch of each (parent plus children), which depends
-far less than wall time on the load of the machine.
+far less than wall time on the load of the machine. Then (unless ``--no-appliance``)
+it boots the test appliance in QEMU with three personas and prints
+``bay0_rss_mib=Y``, bay0's resident memory (target <= 30).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--rootfs", type=Path, help="an unpacked root to use instead of the fixture")
+    parser.add_argument("--no-appliance", action="store_true",
+                        help="skip the QEMU boot that measures bay0's RSS with three personas")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("benchmark: needs root (namespaces, cgroups, mounts)")
@@ -102,6 +106,12 @@ def main() -> None:
     # CPU per launch hardly depends on what else the machine runs; wall time does.
     print(f"ours_cpu_ms={cpu['ours'] / args.runs * 1000:.2f} bwrap_cpu_ms={cpu['bwrap'] / args.runs * 1000:.2f}")
     print(f"launch_vs_bwrap={ours_ms / theirs_ms:.2f}")
+    if not args.no_appliance:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from appliance_rss import measure
+
+        rss = measure(Path(os.environ.get("TMPDIR", "/var/tmp")) / "spine-bench-rss")
+        print(f"bay0_rss_mib={rss:.1f}")
 
 
 if __name__ == "__main__":
