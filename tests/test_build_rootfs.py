@@ -71,7 +71,7 @@ def test_bay0_is_installed_as_interfaces_md_says(tmp_path: Path, plan: Plan) -> 
     assert (root / "usr/lib/bay0/bay0/main.py").is_file()
     assert not (root / "usr/lib/bay0/bay0/__pycache__").exists()
     launcher = (root / "sbin/bay0").read_text()
-    assert launcher.startswith("#!/usr/bin/python3 -I\n") and "bay0.main import main" in launcher
+    assert launcher.startswith("#!/usr/bin/python3 -IS\n") and "bay0.main import main" in launcher
     assert (root / "sbin/bay0").stat().st_mode & 0o777 == 0o755
     assert [p.name for p in (root / "etc/spine/keys").iterdir()] == ["k.pub"]
     assert (root / "etc/spine/release").read_text() == "version=1\nbuild_id=ab\nalpine=3.19.1\n"
