@@ -137,15 +137,14 @@ def open_spine(path: str | os.PathLike[str], trusted: Sequence[minisign.PublicKe
 def verify_image(
     artifact: SpineArtifact,
     *,
-    source: str | os.PathLike[str] | None = None,
-    offset: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Check the image bytes (in the artifact, or written at ``offset`` of ``source``)
-    against the signed verity root hash. Raises ``CorruptionError`` naming the block."""
-    target = Path(source) if source is not None else artifact.path
-    params = artifact.verity
+    """Check every block of the artifact's image against the signed verity root hash.
+
+    Raises ``CorruptionError`` naming the block. (Slots on a disk are checked while they
+    are written: ``pipeline.disk.writeverify``.)
+    """
     try:
-        verity.verify_image(target, params, offset=offset, progress=progress)
+        verity.verify_image(artifact.path, artifact.verity, progress=progress)
     except CorruptionError as e:
-        raise CorruptionError(f"{target}: {e.message}", e.hint) from e
+        raise CorruptionError(f"{artifact.path}: {e.message}", e.hint) from e

@@ -2,8 +2,8 @@
 
 Writes go through O_DIRECT with a page-aligned buffer (as ``dd oflag=direct`` does),
 falling back to buffered writes where the filesystem refuses O_DIRECT (tmpfs).
-The caller gets progress callbacks and a final fsync; ``drop_cache`` makes a
-following read-back come from the medium, not from memory.
+The caller gets progress callbacks per chunk and a final fsync; the read-back that
+verifies the slot lives in ``writeverify.py``.
 """
 
 from __future__ import annotations
@@ -97,25 +97,3 @@ def stream_copy(
         view.release()
         buffer.close()
         target.close()
-
-
-def drop_cache(path: str, offset: int, length: int) -> None:
-    """Ask the kernel to forget cached pages of the range so a read-back hits the medium."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def write_at(path: str, data: bytes, offset: int) -> None:
-    """Small synchronous write (headers, records) at ``offset``; durable on return."""
-    fd = os.open(path, os.O_WRONLY | os.O_DSYNC | os.O_CLOEXEC)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
-        os.fsync(fd)
-    finally:
-        os.close(fd)
