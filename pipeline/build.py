@@ -222,6 +222,33 @@ def _work_dir(out: Path) -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix=f".{out.name}.work-", dir=out.parent)
 
 
+def _build(recipe: Recipe, kind: str, out: str | os.PathLike[str], *,
+           cache: ArtifactCache | bool | None, force: bool, progress: Progress | None,
+           publish: Callable[[Path, dict[str, Any], Plan, str, _Steps, Path], Any]) -> BuildResult:
+    """The steps both builds share; ``publish`` turns the sealed image into ``out``."""
+    if recipe.kind != kind:
+        other = "pod" if recipe.kind == "pod" else "spine"
+        raise UsageError(f"{recipe.path.name} is a {recipe.kind} recipe", f"use spinectl build {other}")
+    started = time.monotonic()
+    target = Path(out)
+    _check_out(target, force)
+    steps = _Steps(SPINE_STEPS if kind == "spine" else POD_STEPS, progress)
+    steps("resolve packages")
+    store = _open_cache(cache)
+    try:
+        plan = plan_rootfs(recipe, memo=store)
+        with _storage_errors(target), _work_dir(target) as work:
+            image, meta, digest, cached = _sealed_image(plan, store, Path(work), steps)
+            manifest = publish(image, meta, plan, digest, steps, target)
+    finally:
+        if store is not None and cache is not store:
+            store.close()
+    steps.finish()
+    return BuildResult(target, kind, cached, digest, _identity(meta), tuple(meta["packages"]),
+                       time.monotonic() - started, manifest=manifest,
+                       persona=meta.get("persona") if kind == "pod" else None)
+
+
 def build_spine(recipe: Recipe, key: minisign.SecretKey, out: str | os.PathLike[str], *,
                 cache: ArtifactCache | bool | None = None, force: bool = False,
                 progress: Progress | None = None) -> BuildResult:
@@ -232,26 +259,12 @@ def build_spine(recipe: Recipe, key: minisign.SecretKey, out: str | os.PathLike[
     ``UnknownPackageError``/``MissingDependencyError``/``PackageConflictError``,
     ``NotFoundError``, ``ToolError`` and ``CacheError``.
     """
-    if recipe.kind != "spine":
-        raise UsageError(f"{recipe.path.name} is a {recipe.kind} recipe", "use spinectl build pod")
-    started = time.monotonic()
-    target = Path(out)
-    _check_out(target, force)
-    steps = _Steps(SPINE_STEPS, progress)
-    steps("resolve packages")
-    store = _open_cache(cache)
-    try:
-        plan = plan_rootfs(recipe, memo=store)
-        with _storage_errors(target), _work_dir(target) as work:
-            image, meta, digest, cached = _sealed_image(plan, store, Path(work), steps)
-            steps("sign the manifest")
-            manifest = _write_spine(image, meta, target, plan=plan, digest=digest, key=key, force=force)
-    finally:
-        if store is not None and cache is not store:
-            store.close()
-    steps.finish()
-    return BuildResult(target, "spine", cached, digest, _identity(meta), tuple(meta["packages"]),
-                       time.monotonic() - started, manifest=manifest)
+    def publish(image, meta, plan, digest, steps, target):
+        steps("sign the manifest")
+        return _write_spine(image, meta, target, plan=plan, digest=digest, key=key, force=force)
+
+    return _build(recipe, "spine", out, cache=cache, force=force, progress=progress,
+                  publish=publish)
 
 
 def build_pod(recipe: Recipe, out: str | os.PathLike[str], *, cache: ArtifactCache | bool | None = None,
@@ -260,24 +273,11 @@ def build_pod(recipe: Recipe, out: str | os.PathLike[str], *, cache: ArtifactCac
 
     Raises what ``build_spine`` raises (less the signing key).
     """
-    if recipe.kind != "pod":
-        raise UsageError(f"{recipe.path.name} is a {recipe.kind} recipe", "use spinectl build spine")
-    started = time.monotonic()
-    target = Path(out)
-    _check_out(target, force)
-    steps = _Steps(POD_STEPS, progress)
-    steps("resolve packages")
-    store = _open_cache(cache)
-    try:
-        plan = plan_rootfs(recipe, memo=store)
-        with _storage_errors(target), _work_dir(target) as work:
-            image, meta, digest, cached = _sealed_image(plan, store, Path(work), steps)
-            steps("write the image")
-            with atomic_output(target, overwrite=force) as tmp:
-                os.replace(image, tmp)
-    finally:
-        if store is not None and cache is not store:
-            store.close()
-    steps.finish()
-    return BuildResult(target, "pod", cached, digest, _identity(meta), tuple(meta["packages"]),
-                       time.monotonic() - started, persona=meta.get("persona"))
+    def publish(image, meta, plan, digest, steps, target):
+        steps("write the image")
+        with atomic_output(target, overwrite=force) as tmp:
+            os.replace(image, tmp)
+        return None
+
+    return _build(recipe, "pod", out, cache=cache, force=force, progress=progress,
+                  publish=publish)
