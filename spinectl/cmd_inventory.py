@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -86,44 +87,35 @@ def create_cmd(
     _out().print(f"created {escape(str(file))} (unsigned, expires {_when(inv.expires)})")
 
 
-@inventory_app.command("add")
-def add_cmd(
-    file: File, name: Name, image: Image = None, cpu: Cpu = None, memory: Memory = None,
-    pids: Pids = None, network: NetNone = None, address: Address = None,
-    gateway: Gateway = None, egress: Egress = None, seccomp: Seccomp = None,
-    mount: Mounts = None, command: Command = None, user: User = None, env: Env = None,
-    restart: RestartOpt = None, max_restarts: MaxRestarts = None, backoff: Backoff = None,
-    shell: ShellName = None, no_shell: NoShell = False,
-) -> None:
-    """Add a persona from a pod image (--image, --command, --cpu, --memory, --pids required)."""
-    options = _options(
-        name, image=image, cpu=cpu, memory=memory, pids=pids, network=network,
-        address=address, gateway=gateway, egress=egress, seccomp=seccomp, mounts=mount,
-        command=command, user=user, environment=env, restart=restart,
-        max_restarts=max_restarts, backoff=backoff, shell=shell, no_shell=no_shell,
-    )
-    persona = service.add_persona(file, options)
-    _out().print(f"added persona {persona.name} (inventory is unsigned until sign)")
+def _persona_command(apply: Callable[..., Any], verb: str) -> Callable[..., None]:
+    """``add`` and ``update`` take the same options; only the service call differs."""
+
+    def command(
+        file: File, name: Name, image: Image = None, cpu: Cpu = None, memory: Memory = None,
+        pids: Pids = None, network: NetNone = None, address: Address = None,
+        gateway: Gateway = None, egress: Egress = None, seccomp: Seccomp = None,
+        mount: Mounts = None, command: Command = None, user: User = None, env: Env = None,
+        restart: RestartOpt = None, max_restarts: MaxRestarts = None, backoff: Backoff = None,
+        shell: ShellName = None, no_shell: NoShell = False,
+    ) -> None:
+        options = _options(
+            name, image=image, cpu=cpu, memory=memory, pids=pids, network=network,
+            address=address, gateway=gateway, egress=egress, seccomp=seccomp, mounts=mount,
+            command=command, user=user, environment=env, restart=restart,
+            max_restarts=max_restarts, backoff=backoff, shell=shell, no_shell=no_shell,
+        )
+        persona = apply(file, options)
+        _out().print(f"{verb} persona {persona.name} (inventory is unsigned until sign)")
+
+    return command
 
 
-@inventory_app.command("update")
-def update_cmd(
-    file: File, name: Name, image: Image = None, cpu: Cpu = None, memory: Memory = None,
-    pids: Pids = None, network: NetNone = None, address: Address = None,
-    gateway: Gateway = None, egress: Egress = None, seccomp: Seccomp = None,
-    mount: Mounts = None, command: Command = None, user: User = None, env: Env = None,
-    restart: RestartOpt = None, max_restarts: MaxRestarts = None, backoff: Backoff = None,
-    shell: ShellName = None, no_shell: NoShell = False,
-) -> None:
-    """Change the given fields of a persona; --image re-reads the pod's identity."""
-    options = _options(
-        name, image=image, cpu=cpu, memory=memory, pids=pids, network=network,
-        address=address, gateway=gateway, egress=egress, seccomp=seccomp, mounts=mount,
-        command=command, user=user, environment=env, restart=restart,
-        max_restarts=max_restarts, backoff=backoff, shell=shell, no_shell=no_shell,
-    )
-    persona = service.update_persona(file, options)
-    _out().print(f"updated persona {persona.name} (inventory is unsigned until sign)")
+inventory_app.command(
+    "add", help="Add a persona from a pod image (--image, --command, --cpu, --memory, --pids required)."
+)(_persona_command(service.add_persona, "added"))
+inventory_app.command(
+    "update", help="Change the given fields of a persona; --image re-reads the pod's identity."
+)(_persona_command(service.update_persona, "updated"))
 
 
 @inventory_app.command("remove")
