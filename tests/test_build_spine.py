@@ -142,3 +142,27 @@ def test_bay0_imports_in_the_spine_root(built) -> None:
     manifest = open_spine(where / "one.spine", [built[0].public_key]).manifest
     listed = {p["name"]: (p["version"], p["checksum"]) for p in manifest.contents if p["origin"] == "alpine"}
     assert listed == db
+
+
+def test_esp_payload_is_built_from_the_spines_own_kernel_and_tree(built, spinectl) -> None:
+    """`spinectl build esp`: the signature first, then a UKI whose sections hold the Spine's
+    kernel and an initramfs with the /init of initramfs/ (the demo boots it through OVMF)."""
+    require_tool("objcopy", "unsquashfs")
+    key, first, _, where = built
+    other = SecretKey.generate()
+    (where / "other.pub").write_text(other.public_key.to_text())
+    refused = where / "esp-refused"
+    r = spinectl("build", "esp", "--spine", str(first.out), "--pubkey", str(where / "other.pub"),
+                 "-o", str(refused))
+    assert r.code == 4 and "not trusted" in r.err and not refused.exists()
+    out = where / "esp"
+    r = spinectl("build", "esp", "--spine", str(first.out), "--pubkey", str(where / "test.pub"),
+                 "-o", str(out), "--append", "console=ttyS0 spine.test=esp")
+    assert r.code == 0, r.err
+    uki = out / "EFI" / "BOOT" / "BOOTX64.EFI"
+    sections = run(["objdump", "-h", str(uki)]).stdout.decode()
+    assert all(name in sections for name in (".linux", ".initrd", ".cmdline", ".osrel"))
+    assert b"spine.test=esp" in uki.read_bytes()
+    r = spinectl("build", "esp", "--spine", str(first.out), "--pubkey", str(where / "test.pub"),
+                 "-o", str(out))
+    assert r.code == 5 and "already exists" in r.err
