@@ -26,7 +26,7 @@ from typing import Any
 from bay0.formats.inventory import RESERVED_TARGETS
 from bay0.sys import SandboxError, caps, netns, ns
 from bay0.sys.cgroup import Ceilings, Cgroup, own_cgroup
-from bay0.sys.sandbox import Plan, read_record, run_child
+from bay0.sys.sandbox import Plan, child_args, read_record, run_child
 from bay0.sys.seccomp import LoadableFilter, build_filter
 from bay0.sys.seccomp_profiles import PROFILES
 
@@ -272,15 +272,17 @@ def _prepare(spec: PersonaSpec, group: Cgroup, stdio: tuple[int | None, ...], op
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         opened += [sync_r, sync_w]
     program = build_filter(spec.seccomp, spec.network is not None)
-    return Plan(
+    plan = Plan(
         spec=spec, root=os.fsencode(spec.root), persist=os.fsencode(spec.persist),
         binds=[(os.fsencode(b.source), os.fsencode(b.target), b.rw, b.exec) for b in spec.binds],
         argv=[os.fsencode(a) for a in spec.argv],
         env={os.fsencode(k): os.fsencode(v) for k, v in spec.env.items()},
         filter=_filter(program), last_cap=_last_cap(),
         cgroup_fd=cgroup_fd, sync_fd=sync_r, sync_w=sync_w, report_fd=report_w, stdio=(fds[0], fds[1], fds[2]),
-        sigdef=_sigdef(),
+        sigdef=_SIGDEF,
     )
+    plan.args = child_args(plan)
+    return plan
 
 
 _FILTERS: dict[bytes, LoadableFilter] = {}
@@ -314,8 +316,7 @@ def _last_cap() -> int:
     return _CACHE["last_cap"]  # type: ignore[return-value]
 
 
-def _sigdef() -> set[int]:
-    return {int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
+_SIGDEF = frozenset(int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
 
 
 def spec_from_inventory(persona: Any, root: str, **overrides: Any) -> PersonaSpec:

@@ -392,3 +392,22 @@ def test_fallback_without_clone3_joins_the_cgroup_from_inside(world, monkeypatch
     monkeypatch.setitem(persona_mod._CACHE, "no_clone3", True)
     status, out = run(world, "grep ^0:: /proc/self/cgroup; echo $$")
     assert out.split() == ["0::/", "2"]
+
+
+def test_command_found_through_path_or_named_when_missing(world) -> None:
+    status, out = run_argv(world, "sh", "-c", "echo found")
+    assert status.code == 0 and out == "found\n"
+    with pytest.raises(SandboxError) as info:
+        launch(make_spec(world, "no-such-command"))
+    assert info.value.step == "exec" and info.value.errno == 2 and "not found in PATH" in info.value.message
+
+
+def test_command_started_through_popen_where_fork_exec_is_not_known(world, monkeypatch) -> None:
+    from bay0.sys import sandbox
+
+    monkeypatch.setattr(sandbox, "_FORK_EXEC", None)  # as on a Python other than 3.11
+    status, out = run_argv(world, "/bin/grep", "-E", "^(Pid|SigBlk|SigIgn)", "/proc/self/status")
+    assert status.code == 0 and out.split() == ["Pid:", "2", "SigBlk:", "0" * 16, "SigIgn:", "0" * 16]
+    with pytest.raises(SandboxError) as info:
+        launch(make_spec(world, "/no/such/program"))
+    assert info.value.step == "exec" and info.value.errno == 2

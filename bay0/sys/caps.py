@@ -4,14 +4,15 @@ The order matters and follows minijail: drop the bounding set and ambient set wh
 CAP_SETPCAP is still held, lock the securebits (so a later uid 0 never regains
 anything), switch ids, then clear the effective/permitted/inheritable sets, then
 set no_new_privs so the seccomp filter can be loaded and setuid files stay inert.
+The sandbox child (``bay0.sys.sandbox._child_main``) makes these calls in that order
+with the constants and structures defined here.
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 
-from bay0.sys.libc import LIBC, check, syscall
+from bay0.sys.libc import LIBC, check
 
 # linux/prctl.h
 PR_SET_PDEATHSIG = 1
@@ -62,49 +63,10 @@ def last_cap() -> int:
         return int(f.read())
 
 
-def drop_bounding_set(last: int) -> None:
-    """Drop capabilities 0..``last`` from the bounding set (needs CAP_SETPCAP)."""
-    for cap in range(last + 1):
-        prctl(PR_CAPBSET_DROP, cap)
-
-
-def clear_ambient() -> None:
-    """Empty the ambient set."""
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-
-
-def lock_securebits() -> None:
-    """Set and lock every securebit but KEEP_CAPS (needs CAP_SETPCAP)."""
-    prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN)
-
-
 _HEADER = cap_user_header(_LINUX_CAPABILITY_VERSION_3, 0)
 _EMPTY = (cap_user_data * 2)()  # built at import: the sandbox child only makes the call
 
 
-def clear_capabilities() -> None:
-    """Empty the effective, permitted and inheritable sets of this thread."""
-    syscall("capset", ctypes.byref(_HEADER), ctypes.byref(_EMPTY))
-
-
-def set_no_new_privs() -> None:
-    """no_new_privs: execve never grants privileges again (and seccomp may be loaded)."""
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
-
-
-def set_dumpable(on: bool) -> None:
-    """A non-dumpable process keeps its /proc files (exe, fd, environ) from its own uid."""
-    prctl(PR_SET_DUMPABLE, 1 if on else 0)
-
-
-def set_comm(name: bytes) -> None:
-    """Name this thread (``/proc/PID/comm``, at most 15 bytes) so ``ps`` on the host says what it is."""
-    buffer = ctypes.create_string_buffer(name[:15])
-    prctl(PR_SET_NAME, ctypes.addressof(buffer))
-
-
-def switch_ids(uid: int, gid: int, groups: tuple[int, ...] = ()) -> None:
-    """setgroups, setresgid, setresuid, in that order; raises ``OSError``."""
-    os.setgroups(list(groups))
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
+def capset_args() -> tuple[ctypes.c_long, ctypes.c_long]:
+    """capset(2)'s two pointer arguments (header, all-zero data) for a raw syscall."""
+    return ctypes.c_long(ctypes.addressof(_HEADER)), ctypes.c_long(ctypes.addressof(_EMPTY))

@@ -1,14 +1,17 @@
 """The persona's filesystem view, assembled inside its new mount namespace.
 
-Runs in the sandbox child between clone and exec, so it imports nothing lazily and
-uses only values prepared before the fork. Order (runc/crun recipe, see
+What the view contains (device nodes, /proc masks) and the paths of each, computed
+in the parent by ``layout``; the mounts themselves are made by the sandbox child
+(``bay0.sys.sandbox._child_main``) in the runc/crun order (see
 docs/implementation/sandbox.md): ``/`` private recursively before any mount, bind the
-image root, mount /dev and /proc and the declared binds under it, pivot_root into it,
-detach the old root, remount ``/`` read-only.
+image root, tmpfs /dev with the six nodes (then read-only), a fresh /proc with the
+masked and read-only paths, the declared binds (``bind``), ``pivot``, remount ``/``
+read-only.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 
@@ -34,47 +37,29 @@ PROC_READONLY = ("bus", "fs", "irq", "sys", "sysrq-trigger")
 NOSUID_NODEV_NOEXEC = m.MS_NOSUID | m.MS_NODEV | m.MS_NOEXEC
 
 
-def make_private() -> None:
-    """Stop mount propagation both ways before the first mount (CVE-class: leaking mounts)."""
-    m.mount(None, b"/", None, m.MS_REC | m.MS_PRIVATE)
+DEV_FLAGS = m.MS_NOSUID | m.MS_NOEXEC | m.MS_STRICTATIME
+DEV_DATA = b"mode=755,size=64k,nr_inodes=32"
 
 
-def bind_root(root: bytes) -> None:
-    """Bind the image directory onto itself so it is a mount point pivot_root accepts."""
-    m.mount(root, root, None, m.MS_BIND)
+@functools.lru_cache(maxsize=64)
+def layout(root: bytes) -> tuple:
+    """Every path the child needs under ``root``, built once per root in the parent.
 
-
-def setup_dev(dev: bytes) -> None:
-    """tmpfs /dev with the six nodes and the fd symlinks, then read-only (umask must be 0)."""
-    flags = m.MS_NOSUID | m.MS_NOEXEC | m.MS_STRICTATIME
-    m.mount(b"tmpfs", dev, b"tmpfs", flags, b"mode=755,size=64k,nr_inodes=32")
-    for name, major, minor in DEVICES:
-        path = dev + b"/" + name.encode()
-        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
-    for name, target in DEV_LINKS:
-        os.symlink(target, dev + b"/" + name.encode())
-    m.mount(None, dev, None, m.MS_REMOUNT | m.MS_RDONLY | flags)
-
-
-def setup_proc(proc: bytes, dev_null: bytes) -> None:
-    """A fresh procfs for the new PID namespace with the masked and read-only paths."""
-    m.mount(b"proc", proc, b"proc", NOSUID_NODEV_NOEXEC, b"hidepid=2")  # = invisible (5.8+)
-    for name in PROC_MASKED:
-        path = proc + b"/" + name.encode()
-        try:
-            is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
-        except FileNotFoundError:
-            continue
-        if is_dir:
-            m.mount(b"tmpfs", path, b"tmpfs", m.MS_RDONLY | NOSUID_NODEV_NOEXEC, b"size=0,nr_inodes=1")
-        else:
-            m.mount(dev_null, path, None, m.MS_BIND)
-    for name in PROC_READONLY:
-        path = proc + b"/" + name.encode()
-        if not os.path.lexists(path):
-            continue
-        m.mount(path, path, None, m.MS_BIND | m.MS_REC)
-        m.mount(None, path, None, m.MS_REMOUNT | m.MS_BIND | m.MS_RDONLY | NOSUID_NODEV_NOEXEC)
+    ``(dev, dev_nodes, dev_links, proc, proc_masked, proc_readonly, dev_null)`` where
+    ``dev_nodes`` is ``((path, mode, device), ...)`` and ``dev_links`` is
+    ``((target, path), ...)``, all bytes.
+    """
+    dev, proc = root + b"/dev", root + b"/proc"
+    return (
+        dev,
+        tuple((dev + b"/" + n.encode(), stat.S_IFCHR | 0o666, os.makedev(major, minor))
+              for n, major, minor in DEVICES),
+        tuple((t.encode(), dev + b"/" + n.encode()) for n, t in DEV_LINKS),
+        proc,
+        tuple(proc + b"/" + n.encode() for n in PROC_MASKED),
+        tuple(proc + b"/" + n.encode() for n in PROC_READONLY),
+        dev + b"/null",
+    )
 
 
 def open_bind_source(persist: bytes, source: bytes) -> int:
@@ -122,8 +107,3 @@ def pivot(root: bytes) -> None:
     m.pivot_root(b".", b".")
     m.umount2(b".", m.MNT_DETACH)
     os.chdir(b"/")
-
-
-def seal_root() -> None:
-    """Remount the new / read-only, nosuid, nodev."""
-    m.mount(None, b"/", None, m.MS_REMOUNT | m.MS_BIND | m.MS_RDONLY | m.MS_NOSUID | m.MS_NODEV)

@@ -9,6 +9,7 @@ docs/implementation/sandbox.md for each step and why).
 
 from __future__ import annotations
 
+import _posixsubprocess
 import _signal
 import ctypes
 import errno as errno_mod
@@ -18,14 +19,17 @@ import os
 import resource
 import signal
 import socket
+import stat
 import struct
 import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from bay0.sys import caps, netns, ns, rootfs
-from bay0.sys.libc import LIBC, check, close_range
-from bay0.sys.seccomp import LoadableFilter
+from bay0.sys import mount as m
+from bay0.sys.libc import LIBC, close_range, nr
+from bay0.sys.seccomp import SECCOMP_SET_MODE_FILTER, LoadableFilter
 
 SIOCSIFFLAGS = 0x8914
 IFF_UP_LOOPBACK_RUNNING = 0x1 | 0x8 | 0x40
@@ -34,6 +38,49 @@ FORWARDED = tuple(int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
 # The C module, not signal.py: its wrappers turn every value into an enum member,
 # and each object touched after the fork is a page copied.
 SIG_DFL, SIG_IGN, SIG_SETMASK = int(signal.SIG_DFL), int(signal.SIG_IGN), int(signal.SIG_SETMASK)
+SIGKILL = int(signal.SIGKILL)
+LIBC.socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+LIBC.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+# ``ip link set lo up`` by ioctl on a ctypes socket (no socket object)
+_IFREQ_LO_UP = ctypes.create_string_buffer(struct.pack("16sH22x", b"lo", IFF_UP_LOOPBACK_RUNNING), 40)
+
+# What the child calls, bound here once: a global name is one dict lookup, while
+# ``module.attr`` in never-warmed code also misses the type cache (a write, so a
+# copied page) every time. See run_child().
+_prctl, _mount, _socket, _ioctl, _syscall = LIBC.prctl, LIBC.mount, LIBC.socket, LIBC.ioctl, LIBC.syscall
+_sigmask, _set_wakeup_fd, _signal_set = _signal.pthread_sigmask, _signal.set_wakeup_fd, _signal.signal
+_umask, _mknod, _symlink, _lstat, _lexists = os.umask, os.mknod, os.symlink, os.lstat, os.path.lexists
+_chdir, _setsid, _dup2, _close, _write, _read, _pipe = (
+    os.chdir, os.setsid, os.dup2, os.close, os.write, os.read, os.pipe)
+_setgroups, _setresgid, _setresuid, _kill, _waitpid, _exit = (
+    os.setgroups, os.setresgid, os.setresuid, os.kill, os.waitpid, os._exit)
+_WIFSIGNALED, _WTERMSIG, _WEXITSTATUS = os.WIFSIGNALED, os.WTERMSIG, os.WEXITSTATUS
+_S_ISDIR, _setrlimit, _fcntl, _sethostname = stat.S_ISDIR, resource.setrlimit, fcntl.fcntl, socket.sethostname
+_pack_i = struct.Struct("<i").pack
+F_DUPFD_CLOEXEC = fcntl.F_DUPFD_CLOEXEC
+RLIMIT_NOFILE, RLIMIT_NPROC, RLIMIT_CORE = resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC, resource.RLIMIT_CORE
+AF_INET, SOCK_DGRAM_CLOEXEC = int(socket.AF_INET), int(socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+PR_SET_NAME, PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = (
+    caps.PR_SET_NAME, caps.PR_CAPBSET_DROP, caps.PR_CAP_AMBIENT, caps.PR_CAP_AMBIENT_CLEAR_ALL)
+PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN = caps.PR_SET_SECUREBITS, caps.SECUREBITS_LOCKED_DOWN
+PR_SET_DUMPABLE, PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = (
+    caps.PR_SET_DUMPABLE, caps.PR_SET_PDEATHSIG, caps.PR_SET_NO_NEW_PRIVS)
+NR_CAPSET, NR_SECCOMP = ctypes.c_long(nr("capset")), ctypes.c_long(nr("seccomp"))
+ZERO, SECCOMP_SET_MODE_FILTER = ctypes.c_long(0), ctypes.c_long(SECCOMP_SET_MODE_FILTER)
+_CAP_HEADER, _CAP_EMPTY = caps.capset_args()
+_COMM = ctypes.create_string_buffer(b"persona-init")
+_COMM_ADDR = ctypes.addressof(_COMM)
+# mount flags of each step (bay0.sys.rootfs explains the choices)
+MS_REC_PRIVATE, MS_BIND, MS_BIND_REC = m.MS_REC | m.MS_PRIVATE, m.MS_BIND, m.MS_BIND | m.MS_REC
+NOSUID_NODEV_NOEXEC = rootfs.NOSUID_NODEV_NOEXEC
+DEV_FLAGS, DEV_DATA = rootfs.DEV_FLAGS, rootfs.DEV_DATA
+DEV_REMOUNT = m.MS_REMOUNT | m.MS_RDONLY | DEV_FLAGS
+MASK_FLAGS = m.MS_RDONLY | NOSUID_NODEV_NOEXEC
+RO_REMOUNT = m.MS_REMOUNT | m.MS_BIND | m.MS_RDONLY | NOSUID_NODEV_NOEXEC
+ROOT_REMOUNT = m.MS_REMOUNT | m.MS_BIND | m.MS_RDONLY | m.MS_NOSUID | m.MS_NODEV
+# _posixsubprocess.fork_exec where its signature is the one this module was written
+# against (CPython 3.11's, as subprocess.Popen._execute_child calls it); else Popen.
+_FORK_EXEC = _posixsubprocess.fork_exec if sys.version_info[:2] == (3, 11) else None
 
 
 @dataclass
@@ -53,8 +100,9 @@ class Plan:
     sync_w: int
     report_fd: int
     stdio: tuple[int, int, int]
-    sigdef: set[int]
+    sigdef: frozenset[int]
     join_cgroup: bool = False
+    args: tuple = ()  # child_args(self), the child's common path
 
 
 # ---- parent <-> child report records ---------------------------------------------
@@ -87,133 +135,173 @@ def read_exact(fd: int, size: int) -> bytes:
     return data
 
 
-class _Step:
-    name = "start"
-
-
 def run_child(plan: Plan) -> None:
-    """Set up the sandbox, spawn the command, reap, exit. Never returns."""
+    """Set up the sandbox, spawn the command, reap, exit. Never returns.
+
+    Written for a copy-on-write child: every page it writes is copied from bay0's,
+    and code that only ever runs here is never warm (no specialised bytecode, no
+    type-cache entries). So the common path is one function working on locals
+    unpacked from ``plan.args`` (built by ``child_args`` before the fork), calling
+    C functions bound at import: no attribute lookups, no method calls, no
+    formatting unless a step fails. Binds, veth networking and the no-clone3
+    fallback take the slower general helpers.
+    """
     gc.disable()  # a collection would touch (and copy) every page of the parent's heap
-    step = _Step()
+    step = ["start"]
     try:
-        code = _child_main(plan, step)
+        code = _child_main(plan, plan.args, step)
     except BaseException as e:  # report every failure as (step, errno, message)
         err = getattr(e, "errno", None) or 0
-        text = f"{step.name}\0{e.strerror if isinstance(e, OSError) and e.strerror else e}".encode()[:1000]
+        text = f"{step[0]}\0{e.strerror if isinstance(e, OSError) and e.strerror else e}".encode()[:1000]
         try:
             os.write(plan.report_fd, b"E" + struct.pack("<iH", err, len(text)) + text)
         finally:
             os._exit(127)
-    os._exit(code)
+    _exit(code)
 
 
-def _child_main(plan: Plan, step: _Step) -> int:
+def child_args(plan: Plan) -> tuple:
+    """Everything the child's common path needs, flattened (computed in the parent)."""
     spec = plan.spec
-    step.name = "signals"
-    caps.set_comm(b"persona-init")
-    _signal.pthread_sigmask(SIG_SETMASK, ())
-    _signal.set_wakeup_fd(-1)
+    program = plan.argv[0]
+    return (
+        plan.root, rootfs.layout(plan.root), plan.binds, spec.name,
+        ((RLIMIT_NOFILE, (spec.nofile, spec.nofile)), (RLIMIT_NPROC, (spec.nproc, spec.nproc)),
+         (RLIMIT_CORE, (0, 0))),
+        plan.stdio + (plan.report_fd,), range(plan.last_cap + 1), spec.uid, spec.gid,
+        os.fsencode(spec.cwd), plan.argv, program if b"/" in program else None,
+        [k + b"=" + v for k, v in plan.env.items()], plan.filter.prog_ref,
+        tuple(s for s in plan.sigdef if _signal.getsignal(s) == SIG_IGN),
+    )
+
+
+def _fail(what: bytes) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{what.decode(errors='replace')}: {os.strerror(err)}")
+
+
+def _child_main(plan: Plan, args: tuple, step: list[str]) -> int:
+    (root, layout, binds, name, limits, fds, caps_range, uid, gid, cwd, argv, path, env,
+     seccomp_prog, ignored) = args
+    (dev, dev_nodes, dev_links, proc, proc_masked, proc_readonly, dev_null) = layout
+    step[0] = "signals"
+    _prctl(PR_SET_NAME, _COMM_ADDR, 0, 0, 0)
+    _sigmask(SIG_SETMASK, ())
+    _set_wakeup_fd(-1)
     if plan.join_cgroup:  # no clone3: move in, then root a cgroup namespace here
-        step.name = "cgroup"
+        step[0] = "cgroup"
         os.write(plan.cgroup_fd, b"0")
         ns.unshare(ns.CLONE_NEWCGROUP)
     if plan.sync_fd >= 0:  # veth: wait for bay0 to move our end in, then configure it
-        step.name = "network"
+        step[0] = "network"
         os.close(plan.sync_w)
         if os.read(plan.sync_fd, 1) != b"g":
             raise OSError(errno_mod.ECANCELED, "bay0 could not set up the host side")
-        netns.configure_inside(spec.network)
-    _build_root(plan, step)
-    step.name = "hostname"
-    socket.sethostname(spec.name)
-    step.name = "loopback"
-    _loopback_up()
-    step.name = "rlimits"
-    for limit, value in ((resource.RLIMIT_NOFILE, spec.nofile), (resource.RLIMIT_NPROC, spec.nproc),
-                         (resource.RLIMIT_CORE, 0)):
-        resource.setrlimit(limit, (value, value))
-    step.name = "setsid"
-    os.setsid()
-    step.name = "fds"
-    _arrange_fds(plan)
-    _drop_privileges(plan, step)
-    step.name = "chdir"
-    os.chdir(spec.cwd)
-    os.umask(0o077)
-    step.name = "exec"
-    return _spawn_and_reap(plan, _resolve(plan))
-
-
-LIBC.socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-LIBC.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
-_IFREQ_LO_UP = ctypes.create_string_buffer(struct.pack("16sH22x", b"lo", IFF_UP_LOOPBACK_RUNNING), 40)
-
-
-def _loopback_up() -> None:
-    """``ip link set lo up`` by ioctl (through ctypes, already warm: no socket object)."""
-    fd = check(LIBC.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0), "socket")
-    try:
-        check(LIBC.ioctl(fd, SIOCSIFFLAGS, _IFREQ_LO_UP), "SIOCSIFFLAGS lo")
-    finally:
-        os.close(fd)
-
-
-def _build_root(plan: Plan, step: _Step) -> None:
-    root = plan.root
-    step.name = "mount-private"
-    rootfs.make_private()
-    step.name = "root-bind"
-    rootfs.bind_root(root)
-    os.umask(0)
-    step.name = "dev"
-    rootfs.setup_dev(root + b"/dev")
-    step.name = "proc"
-    rootfs.setup_proc(root + b"/proc", root + b"/dev/null")
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    for source, target, rw, exec_ in plan.binds:
-        step.name = f"bind {target.decode(errors='replace')}"
-        rootfs.bind(root_fd, plan.persist, source, target, rw, exec_)
-    os.close(root_fd)
-    step.name = "pivot-root"
+        netns.configure_inside(plan.spec.network)
+    # the filesystem view (bay0.sys.rootfs has the same steps as readable helpers)
+    step[0] = "mount-private"
+    if _mount(None, b"/", None, MS_REC_PRIVATE, None) < 0:
+        raise _fail(b"mount /")
+    step[0] = "root-bind"
+    if _mount(root, root, None, MS_BIND, None) < 0:
+        raise _fail(b"mount " + root)
+    _umask(0)
+    step[0] = "dev"
+    if _mount(b"tmpfs", dev, b"tmpfs", DEV_FLAGS, DEV_DATA) < 0:
+        raise _fail(b"mount " + dev)
+    for node, mode, device in dev_nodes:
+        _mknod(node, mode, device)
+    for target, link in dev_links:
+        _symlink(target, link)
+    if _mount(None, dev, None, DEV_REMOUNT, None) < 0:
+        raise _fail(b"mount " + dev)
+    step[0] = "proc"
+    if _mount(b"proc", proc, b"proc", NOSUID_NODEV_NOEXEC, b"hidepid=2") < 0:
+        raise _fail(b"mount " + proc)
+    for entry in proc_masked:
+        try:
+            mode = _lstat(entry).st_mode
+        except FileNotFoundError:
+            continue
+        if _S_ISDIR(mode):
+            if _mount(b"tmpfs", entry, b"tmpfs", MASK_FLAGS, b"size=0,nr_inodes=1") < 0:
+                raise _fail(b"mount " + entry)
+        elif _mount(dev_null, entry, None, MS_BIND, None) < 0:
+            raise _fail(b"mount " + entry)
+    for entry in proc_readonly:
+        if not _lexists(entry):
+            continue
+        if _mount(entry, entry, None, MS_BIND_REC, None) < 0 or _mount(None, entry, None, RO_REMOUNT, None) < 0:
+            raise _fail(b"mount " + entry)
+    if binds:
+        _binds(plan, root, step)
+    step[0] = "pivot-root"
     rootfs.pivot(root)
-    step.name = "root-readonly"
-    rootfs.seal_root()
-
-
-def _arrange_fds(plan: Plan) -> None:
-    """stdio onto 0-2, the report pipe onto 3 (close-on-exec), everything else closed."""
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (*plan.stdio, plan.report_fd)]
-    for target, fd in enumerate(high[:3]):
-        os.dup2(fd, target, inheritable=True)
-    os.dup2(high[3], 3, inheritable=False)
+    step[0] = "root-readonly"
+    if _mount(None, b"/", None, ROOT_REMOUNT, None) < 0:
+        raise _fail(b"mount /")
+    step[0] = "hostname"
+    _sethostname(name)
+    step[0] = "loopback"
+    sock = _socket(AF_INET, SOCK_DGRAM_CLOEXEC, 0)
+    if sock < 0 or _ioctl(sock, SIOCSIFFLAGS, _IFREQ_LO_UP) < 0:
+        raise _fail(b"SIOCSIFFLAGS lo")
+    _close(sock)
+    step[0] = "rlimits"
+    for limit, value in limits:
+        _setrlimit(limit, value)
+    step[0] = "setsid"
+    _setsid()
+    step[0] = "fds"  # stdio onto 0-2, the report pipe onto 3 (close-on-exec), the rest closed
+    high = [_fcntl(fd, F_DUPFD_CLOEXEC, 10) for fd in fds]
+    _dup2(high[0], 0)
+    _dup2(high[1], 1)
+    _dup2(high[2], 2)
+    _dup2(high[3], 3, False)
     plan.report_fd = 3
     close_range(4)
+    step[0] = "bounding-set"  # minijail's order, see bay0.sys.caps
+    for cap in caps_range:
+        if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+            raise _fail(b"prctl(PR_CAPBSET_DROP)")
+    if _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0:
+        raise _fail(b"prctl(PR_CAP_AMBIENT)")
+    step[0] = "securebits"
+    if _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN, 0, 0, 0) < 0:
+        raise _fail(b"prctl(PR_SET_SECUREBITS)")
+    step[0] = "ids"
+    _setgroups(())
+    _setresgid(gid, gid, gid)
+    _setresuid(uid, uid, uid)
+    step[0] = "capabilities"
+    if _syscall(NR_CAPSET, _CAP_HEADER, _CAP_EMPTY) < 0:
+        raise _fail(b"capset")
+    # non-dumpable; then (after the id change, which clears it) die with the launcher
+    if _prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 or _prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0:
+        raise _fail(b"prctl")
+    step[0] = "no-new-privs"
+    if _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0:
+        raise _fail(b"prctl(PR_SET_NO_NEW_PRIVS)")
+    step[0] = "seccomp"
+    if _syscall(NR_SECCOMP, SECCOMP_SET_MODE_FILTER, ZERO, seccomp_prog) < 0:
+        raise _fail(b"seccomp")
+    step[0] = "chdir"
+    _chdir(cwd)
+    _umask(0o077)
+    step[0] = "exec"
+    return _spawn_and_reap(plan, argv, path or _resolve(plan), env, ignored)
 
 
-def _drop_privileges(plan: Plan, step: _Step) -> None:
-    spec = plan.spec
-    step.name = "bounding-set"
-    caps.drop_bounding_set(plan.last_cap)
-    caps.clear_ambient()
-    step.name = "securebits"
-    caps.lock_securebits()
-    step.name = "ids"
-    caps.switch_ids(spec.uid, spec.gid)
-    step.name = "capabilities"
-    caps.clear_capabilities()
-    caps.set_dumpable(False)
-    # after the id change (which clears it): die with the launcher, like bwrap --die-with-parent
-    caps.prctl(caps.PR_SET_PDEATHSIG, int(signal.SIGKILL))
-    step.name = "no-new-privs"
-    caps.set_no_new_privs()
-    step.name = "seccomp"
-    plan.filter.load()
+def _binds(plan: Plan, root: bytes, step: list[str]) -> None:
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    for source, target, rw, exec_ in plan.binds:
+        step[0] = f"bind {target.decode(errors='replace')}"
+        rootfs.bind(root_fd, plan.persist, source, target, rw, exec_)
+    os.close(root_fd)
 
 
 def _resolve(plan: Plan) -> bytes:
     program = plan.argv[0]
-    if b"/" in program:
-        return program
     for directory in plan.env.get(b"PATH", b"/usr/sbin:/usr/bin:/sbin:/bin").split(b":"):
         candidate = directory + b"/" + program
         if os.access(candidate, os.X_OK):
@@ -221,46 +309,64 @@ def _resolve(plan: Plan) -> bytes:
     raise FileNotFoundError(errno_mod.ENOENT, f"{program.decode(errors='replace')} not found in PATH")
 
 
-def _spawn_and_reap(plan: Plan, path: bytes) -> int:
+def _spawn_and_reap(plan: Plan, argv: list[bytes], path: bytes, env: list[bytes],
+                    ignored: tuple[int, ...]) -> int:
     """Start the command as PID 2, report it, reap every child until it exits."""
     child = [0]
 
     def forward(signum: int, _frame: object) -> None:
         if child[0]:
-            os.kill(child[0], signum)
+            _kill(child[0], signum)
 
-    for signum in plan.sigdef:  # ignored dispositions would survive execve
-        if _signal.getsignal(signum) == SIG_IGN:
-            _signal.signal(signum, SIG_DFL)
+    for signum in ignored:  # ignored dispositions would survive execve
+        _signal_set(signum, SIG_DFL)
     for signum in FORWARDED:
-        _signal.signal(signum, forward)
-    child[0] = _start_command(plan, path)
-    os.write(plan.report_fd, b"R" + struct.pack("<i", child[0]))
+        _signal_set(signum, forward)
+    pid = child[0] = _start_command(plan, argv, path, env)
+    _write(3, b"R" + _pack_i(pid))
     while True:
         try:
-            pid, status = os.waitpid(-1, 0)
+            reaped, status = _waitpid(-1, 0)
         except ChildProcessError:
             return 127
-        if pid == child[0]:
-            os.write(plan.report_fd, b"X" + struct.pack("<i", status))
-            if os.WIFSIGNALED(status):
-                return 128 + os.WTERMSIG(status)
-            return os.WEXITSTATUS(status)
+        if reaped == pid:
+            _write(3, b"X" + _pack_i(status))
+            if _WIFSIGNALED(status):
+                return 128 + _WTERMSIG(status)
+            return _WEXITSTATUS(status)
 
 
-def _start_command(plan: Plan, path: bytes) -> int:
-    """vfork + execve through ``subprocess``; raises ``OSError`` if exec fails.
+def _start_command(plan: Plan, argv: list[bytes], path: bytes, env: list[bytes]) -> int:
+    """vfork + execve in C (``_posixsubprocess``, what ``subprocess`` uses); raises ``OSError``.
 
-    vfork copies no page tables and takes no copy-on-write faults; CPython's child
-    runs only C code, resets handlers and the mask, and reports exec errors. No signal
-    is ignored at this point (reset by the caller), so the command starts with every
-    default disposition. Not ``os.posix_spawn``: glibc's leaves its internal signals
-    (32, 33) ignored in the child, and musl programs need those.
+    vfork copies no page tables and takes no copy-on-write faults; the child runs
+    only C code, resets handlers and the mask, starts a session and reports an
+    exec error on a pipe. No signal is ignored at this point (reset by the caller),
+    so the command starts with every default disposition. Called directly where
+    its signature is known (3.11, as ``subprocess`` calls it), because
+    ``subprocess.Popen``'s Python layer is cold code in this child and cost more
+    than the exec; other versions go through ``Popen``. Not ``os.posix_spawn``:
+    glibc's leaves its internal signals (32, 33) ignored in the child, and musl
+    programs need those.
     """
-    proc = subprocess.Popen(plan.argv, executable=path, env=plan.env, close_fds=False,
-                            restore_signals=False, start_new_session=True)
-    _KEEP.append(proc)  # never waited through Popen: the reaper loop collects it
-    return proc.pid
+    if _FORK_EXEC is None:
+        proc = subprocess.Popen(argv, executable=path, env=plan.env, close_fds=False,
+                                restore_signals=False, start_new_session=True)
+        _KEEP.append(proc)  # never waited through Popen: the reaper loop collects it
+        return proc.pid
+    errpipe_read, errpipe_write = _pipe()
+    try:
+        pid = _FORK_EXEC(argv, (path,), False, (errpipe_write,), None, env, -1, -1, -1, -1, -1, -1,
+                         errpipe_read, errpipe_write, False, True, -1, None, None, None, -1, None, True)
+    finally:
+        _close(errpipe_write)
+    failure = _read(errpipe_read, 50000)
+    _close(errpipe_read)
+    if failure:  # "OSError:<hex errno>:<noexec>" from the child, which has exited
+        _waitpid(pid, 0)
+        err = int(failure.split(b":")[1], 16)
+        raise OSError(err, f"{path.decode(errors='replace')}: {os.strerror(err)}")
+    return pid
 
 
 _KEEP: list[subprocess.Popen] = []

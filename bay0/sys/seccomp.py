@@ -228,6 +228,7 @@ class LoadableFilter:
     def __init__(self, program: bytes) -> None:
         self.buffer = ctypes.create_string_buffer(program, len(program))
         self.prog = sock_fprog(len(program) // 8, ctypes.addressof(self.buffer))
+        self.prog_ref = ctypes.c_long(ctypes.addressof(self.prog))  # for a raw syscall argument
 
     def load(self) -> None:
         """seccomp(SECCOMP_SET_MODE_FILTER); needs no_new_privs first. Raises ``OSError``."""
