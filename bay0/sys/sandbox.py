@@ -49,7 +49,7 @@ _IFREQ_LO_UP = ctypes.create_string_buffer(struct.pack("16sH22x", b"lo", IFF_UP_
 # copied page) every time. See run_child().
 _prctl, _mount, _socket, _ioctl, _syscall = LIBC.prctl, LIBC.mount, LIBC.socket, LIBC.ioctl, LIBC.syscall
 _sigmask, _set_wakeup_fd, _signal_set = _signal.pthread_sigmask, _signal.set_wakeup_fd, _signal.signal
-_umask, _mknod, _symlink, _lstat, _lexists = os.umask, os.mknod, os.symlink, os.lstat, os.path.lexists
+_umask, _mknod, _symlink, _lstat, _access, F_OK = os.umask, os.mknod, os.symlink, os.lstat, os.access, os.F_OK
 _chdir, _setsid, _dup2, _close, _write, _read, _pipe = (
     os.chdir, os.setsid, os.dup2, os.close, os.write, os.read, os.pipe)
 _setgroups, _setresgid, _setresuid, _kill, _waitpid, _exit = (
@@ -218,18 +218,16 @@ def _child_main(plan: Plan, args: tuple, step: list[str]) -> int:
     step[0] = "proc"
     if _mount(b"proc", proc, b"proc", NOSUID_NODEV_NOEXEC, b"hidepid=2") < 0:
         raise _fail(b"mount " + proc)
-    for entry in proc_masked:
-        try:
-            mode = _lstat(entry).st_mode
-        except FileNotFoundError:
+    for entry in proc_masked:  # access() answers absence without raising (an exception costs pages)
+        if not _access(entry, F_OK, follow_symlinks=False):
             continue
-        if _S_ISDIR(mode):
+        if _S_ISDIR(_lstat(entry).st_mode):
             if _mount(b"tmpfs", entry, b"tmpfs", MASK_FLAGS, b"size=0,nr_inodes=1") < 0:
                 raise _fail(b"mount " + entry)
         elif _mount(dev_null, entry, None, MS_BIND, None) < 0:
             raise _fail(b"mount " + entry)
     for entry in proc_readonly:
-        if not _lexists(entry):
+        if not _access(entry, F_OK, follow_symlinks=False):
             continue
         if _mount(entry, entry, None, MS_BIND_REC, None) < 0 or _mount(None, entry, None, RO_REMOUNT, None) < 0:
             raise _fail(b"mount " + entry)
