@@ -13,47 +13,50 @@ The parsing and checking are pure (text and a lookup function in, violations out
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-
 from bay0.errors import FormatError
+from bay0.frozen import Frozen
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # kept off the boot path (see bay0.frozen)
+    from collections.abc import Callable, Iterable
 
 VERITY_UUID_PREFIX = "CRYPT-VERITY-"
 POD_MOUNT_DIR = "/run/bay0/pods"
 _NAME = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
 
 
-@dataclass(frozen=True)
-class MountEntry:
+class MountEntry(Frozen):
     """One line of /proc/self/mountinfo (proc(5))."""
 
-    mount_id: int
-    parent_id: int
-    device: str  # "major:minor"
-    root: str
-    mount_point: str
-    options: frozenset[str]  # per-mount options (ro, nodev, nosuid, noexec, ...)
-    fstype: str
-    source: str
-    super_options: frozenset[str]
+    __slots__ = ("mount_id", "parent_id", "device", "root", "mount_point", "options", "fstype",
+                 "source", "super_options")
+
+    def __init__(self, mount_id: int, parent_id: int, device: str, root: str, mount_point: str,
+                 options: frozenset[str], fstype: str, source: str,
+                 super_options: frozenset[str]) -> None:
+        # device is "major:minor"; options are the per-mount ones (ro, nodev, nosuid, ...)
+        self._set(mount_id=mount_id, parent_id=parent_id, device=device, root=root,
+                  mount_point=mount_point, options=options, fstype=fstype, source=source,
+                  super_options=super_options)
 
     @property
     def read_only(self) -> bool:
         return "ro" in self.options
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Frozen):
     """An allowed mount: where (exact path or regex), which types, which flags."""
 
-    where: str
-    fstypes: frozenset[str]
-    flags: frozenset[str]
-    verity: bool = False
+    __slots__ = ("where", "fstypes", "flags", "verity")
+
+    def __init__(self, where: str, fstypes: frozenset[str], flags: frozenset[str],
+                 verity: bool = False) -> None:
+        self._set(where=where, fstypes=fstypes, flags=flags, verity=verity)
 
     def matches(self, mount_point: str) -> bool:
         if self.where.startswith("^"):
+            import re  # only for the pods' rule: re stays off the boot path
+
             return re.fullmatch(self.where[1:], mount_point) is not None
         return self.where == mount_point
 
@@ -80,6 +83,10 @@ REQUIRED = ("/", "/persist")
 
 def unescape(field: str) -> str:
     """Undo mountinfo's octal escapes (``\\040`` = space, ``\\134`` = backslash)."""
+    if "\\" not in field:
+        return field
+    import re
+
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 

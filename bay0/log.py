@@ -18,19 +18,19 @@ fails must not take PID 1 down with it.
 from __future__ import annotations
 
 import os
-import re
 import time
 
 PREFIX = "bay0: "
 MAX_BYTES = 1 << 20
-_PLAIN = re.compile(r"[^\s\"'=\\]+")
-_PAIR = re.compile(r'([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|\S*)')
+_QUOTED = "\"'=\\"  # with whitespace, what makes a value need quotes
+# re (and the enum it imports) stays off the boot path: parse_line compiles this on use.
+_PAIR = r'([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|\S*)'
 
 
 def format_value(value: object) -> str:
     """``value`` as it appears after ``key=``: bare when safe, else quoted and escaped."""
     text = str(value)
-    if _PLAIN.fullmatch(text):
+    if text and not any(c.isspace() or c in _QUOTED for c in text):
         return text
     escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
                .replace("\r", "\\r").replace("\t", "\\t"))
@@ -53,16 +53,18 @@ def format_event(event: str, fields: dict[str, object]) -> str:
 
 def parse_line(line: str) -> dict[str, str]:
     """Split a structured line back into its pairs (tests and log readers use it)."""
+    import re
+
     body = line[len(PREFIX):] if line.startswith(PREFIX) else line
     out = {}
-    for key, raw in _PAIR.findall(body):
+    for key, raw in re.findall(_PAIR, body):
         if raw.startswith('"'):
             raw = re.sub(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)", _unescape, raw[1:-1])
         out[key] = raw
     return out
 
 
-def _unescape(match: re.Match[str]) -> str:
+def _unescape(match) -> str:  # a re.Match
     code = match[1]
     if len(code) > 1:
         return chr(int(code[1:], 16))

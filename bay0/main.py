@@ -21,17 +21,20 @@ the inventory, signature and sandbox code load when first used.
 
 from __future__ import annotations
 
+import _signal as signal  # the signal module minus its enum wrappers (see bay0.pid1)
 import os
-import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import NoReturn
 
 from bay0 import invariants, pid1
+from bay0.frozen import Frozen
 from bay0.log import Log, rss_kib
 from bay0.watchdog import Watchdog, WatchdogError, find_device
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and dataclasses stay off the boot path (see bay0.frozen)
+    from collections.abc import Mapping, Sequence
+    from typing import NoReturn
 
 SLOTS = ("A", "B")
 DEFAULT_GOOD_AFTER = 120.0
@@ -61,15 +64,17 @@ def parse_cmdline(text: str) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Frozen):
     """Everything bay0 takes from its argv and the kernel command line."""
 
-    slot: str | None
-    good_after: float = DEFAULT_GOOD_AFTER
-    watchdog_timeout: int = DEFAULT_WATCHDOG
-    test: Mapping[str, str] = field(default_factory=dict)
-    problems: tuple[str, ...] = ()  # settings that were ignored, to be logged
+    __slots__ = ("slot", "good_after", "watchdog_timeout", "test", "problems")
+
+    def __init__(self, slot: str | None, good_after: float = DEFAULT_GOOD_AFTER,
+                 watchdog_timeout: int = DEFAULT_WATCHDOG, test: Mapping[str, str] | None = None,
+                 problems: tuple[str, ...] = ()) -> None:
+        # problems: settings that were ignored, to be logged
+        self._set(slot=slot, good_after=good_after, watchdog_timeout=watchdog_timeout,
+                  test={} if test is None else test, problems=problems)
 
     def hook(self, name: str) -> bool:
         """Whether test hook ``spine.test.<name>`` is switched on (value not 0/empty)."""
@@ -313,10 +318,7 @@ def _uptime() -> str:
 
 
 def _signal_name(signo: int) -> str:
-    try:
-        return signal.Signals(signo).name
-    except ValueError:
-        return str(signo)
+    return pid1.signal_name(signo)
 
 
 def _describe_error(error: BaseException) -> str:
@@ -336,20 +338,29 @@ def _where(error: BaseException) -> str | None:
 # ---- boot ------------------------------------------------------------------------------
 
 
-def _mount_own(log: Log) -> None:
-    """Mount what bay0 itself needs (/tmp, cgroup2) unless the initramfs already did."""
-    from bay0.sys import mount as m
+# What bay0 needs mounted besides the initramfs's hand-over (all nodev,nosuid,noexec).
+OWN_MOUNTS = (("/tmp", "tmpfs", "mode=1777,size=64m"), ("/sys/fs/cgroup", "cgroup2", None))
 
+
+def _mount_own(log: Log) -> None:
+    """Mount what bay0 itself needs (/tmp, cgroup2) unless the initramfs already did.
+
+    The initramfs does (initramfs/init), so the mount code and ctypes stay unloaded
+    before READY; this covers any other way of starting bay0.
+    """
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as f:
             present = {e.mount_point for e in invariants.parse_mountinfo(f.read())}
     except (OSError, ValueError):
         present = set()
+    wanted = [(target, fstype, data) for target, fstype, data in OWN_MOUNTS
+              if target not in present and os.path.isdir(target)]
+    if not wanted:
+        return
+    from bay0.sys import mount as m
+
     flags = m.MS_NODEV | m.MS_NOSUID | m.MS_NOEXEC
-    for target, fstype, data in (("/tmp", "tmpfs", "mode=1777,size=64m"),
-                                 ("/sys/fs/cgroup", "cgroup2", None)):
-        if target in present or not os.path.isdir(target):
-            continue
+    for target, fstype, data in wanted:
         try:
             m.mount(fstype, target, fstype, flags, data)
         except OSError as e:
@@ -432,6 +443,7 @@ def boot(argv: Sequence[str], log: Log, machine: pid1.Machine) -> Warden:
     if warden.watchdog is not None:
         warden.check_interval = min(warden.watchdog.interval, CHECK_INTERVAL)
     log.ready(config.slot or "unknown")
+    pid1.libc()  # load ctypes now, so a reboot never has to import anything
     if config.hook("wedge"):
         log.event("test.wedge", note="not pinging the watchdog any more")
         pid1.hang_forever()

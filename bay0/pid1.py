@@ -16,15 +16,22 @@ dispositions: a blocked or ignored signal survives ``execve``.
 
 from __future__ import annotations
 
-import ctypes
+import _signal as signal  # the signal module minus its enum wrappers (enum: 0.15 s cold)
 import os
-import signal
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import NoReturn, Protocol
 
 from bay0.errors import ToolError
+from bay0.frozen import Frozen
+
+# Only for type checkers: typing and collections.abc stay out of the boot path, and
+# ctypes loads when first needed (reboot, a tool's signal reset), not before READY.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ctypes
+    from collections.abc import Callable, Iterable
+    from typing import NoReturn, Protocol
+else:
+    Protocol = object
 
 # linux/reboot.h
 LINUX_REBOOT_CMD_RESTART = 0x01234567
@@ -43,6 +50,8 @@ _LIBC: list[ctypes.CDLL] = []
 def libc() -> ctypes.CDLL:
     """The loaded C library (glibc or musl alike: ``CDLL(None)``)."""
     if not _LIBC:
+        import ctypes
+
         lib = ctypes.CDLL(None, use_errno=True)
         lib.reboot.argtypes = [ctypes.c_int]
         lib.reboot.restype = ctypes.c_int
@@ -64,25 +73,34 @@ def block_signals() -> frozenset[int]:
 
 def reboot_syscall(cmd: int) -> None:
     """reboot(2) with ``cmd``; raises ``OSError`` (EPERM when not allowed)."""
+    import ctypes
+
     if libc().reboot(ctypes.c_int(cmd & 0xFFFFFFFF).value) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"reboot: {os.strerror(err)}")
 
 
-def disable_cad() -> None:
-    """Make Ctrl-Alt-Del send SIGINT to PID 1 instead of an immediate hard reboot."""
-    reboot_syscall(LINUX_REBOOT_CMD_CAD_OFF)
+def disable_cad(path: str = "/proc/sys/kernel/ctrl-alt-del") -> None:
+    """Make Ctrl-Alt-Del send SIGINT to PID 1 instead of an immediate hard reboot.
+
+    Writes 0 to the ``kernel.ctrl-alt-del`` sysctl: the same kernel variable that
+    reboot(``LINUX_REBOOT_CMD_CAD_OFF``) clears, without loading ctypes before READY.
+    Raises ``OSError``.
+    """
+    with open(path, "w", encoding="ascii") as f:
+        f.write("0")
 
 
 # ---- reaping ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reaped:
+class Reaped(Frozen):
     """A child reaped by ``reap_children``: its pid and raw wait status."""
 
-    pid: int
-    status: int
+    __slots__ = ("pid", "status")
+
+    def __init__(self, pid: int, status: int) -> None:
+        self._set(pid=pid, status=status)
 
 
 def reap_children(claim: Callable[[int], bool] | None = None) -> list[Reaped]:
@@ -110,14 +128,20 @@ def reap_children(claim: Callable[[int], bool] | None = None) -> list[Reaped]:
             reaped.append(Reaped(pid, status))
 
 
+def signal_name(signo: int) -> str:
+    """``SIGTERM`` for 15; the number itself when it names no signal."""
+    import signal as named  # loads enum: only ever after READY
+
+    try:
+        return named.Signals(signo).name
+    except ValueError:
+        return str(signo)
+
+
 def describe_status(status: int) -> str:
     """``exit 3`` or ``signal SIGKILL`` for a raw wait status."""
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            return f"signal {signal.Signals(sig).name}"
-        except ValueError:
-            return f"signal {sig}"
+        return f"signal {signal_name(os.WTERMSIG(status))}"
     return f"exit {os.WEXITSTATUS(status)}"
 
 
@@ -176,6 +200,8 @@ def reset_signal_state() -> None:
         signal.signal(signo, signal.SIG_DFL)
     number = _RT_SIGACTION.get(os.uname().machine)
     if number is not None:
+        import ctypes
+
         zero = ctypes.create_string_buffer(32)
         for signo in range(1, signal.NSIG):
             if signo not in signal.valid_signals():

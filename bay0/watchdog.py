@@ -15,9 +15,9 @@ import fcntl
 import os
 import struct
 import time
-from dataclasses import dataclass
 
 from bay0.errors import SpineError
+from bay0.frozen import Frozen
 
 # linux/watchdog.h: _IOR/_IOWR('W', n, ...)
 WDIOC_GETSUPPORT = 0x80285700
@@ -45,13 +45,13 @@ class WatchdogError(SpineError):
     default_hint = "the Spine kernel needs a watchdog driver (i6300esb in QEMU) loaded"
 
 
-@dataclass(frozen=True)
-class Support:
+class Support(Frozen):
     """What ``WDIOC_GETSUPPORT`` reports."""
 
-    identity: str
-    options: int
-    firmware: int
+    __slots__ = ("identity", "options", "firmware")
+
+    def __init__(self, identity: str, options: int, firmware: int) -> None:
+        self._set(identity=identity, options=options, firmware=firmware)
 
 
 class Watchdog:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +113,26 @@ def test_kernel_hardening_writes_each_key_and_reports_absent_ones(tmp_path):
             assert (tmp_path / key).read_text() == value and outcome[key] == value
     event = parse_line(console.read_text().splitlines()[-1])
     assert event["event"] == "sysctl.hardened" and event["absent"] == "vm.memfd_noexec"
+
+
+# Modules bay0 may import before READY: each extra one costs boot time under TCG,
+# where every .pyc is read cold through dm-verity (docs/implementation/bay0.md).
+HEAVY_BEFORE_READY = ("dataclasses", "inspect", "typing", "ctypes", "re", "enum", "signal",
+                      "bay0.sys.mount", "bay0.inventory_store", "bay0.supervisor", "cryptography")
+
+
+def test_the_boot_path_imports_nothing_heavy():
+    root = str(Path(__file__).resolve().parent.parent)
+    code = f"import sys; sys.path.insert(0, {root!r}); import bay0.main; print(' '.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert [m for m in HEAVY_BEFORE_READY if m in out] == []
+
+
+def test_config_is_an_immutable_value():
+    a, b = main.Config("A", test={"wedge": "1"}), main.Config("A", test={"wedge": "1"})
+    assert a == b and a != main.Config("B") and a.hook("wedge")
+    assert main.Config("A").test == {} and main.Config("A").good_after == main.DEFAULT_GOOD_AFTER
+    assert repr(main.Config("A", problems=("x",))).startswith("Config(slot='A', ")
+    with pytest.raises(AttributeError):
+        a.slot = "B"  # type: ignore[misc]

@@ -266,3 +266,19 @@ def test_run_tool_errors_name_the_command():
 def test_describe_status():
     assert pid1.describe_status(3 << 8) == "exit 3"
     assert pid1.describe_status(signal.SIGKILL) == "signal SIGKILL"
+
+
+def test_disable_cad_clears_the_ctrl_alt_del_sysctl(tmp_path):
+    knob = tmp_path / "ctrl-alt-del"
+    knob.write_text("1\n")
+    pid1.disable_cad(str(knob))
+    assert knob.read_text() == "0"
+    with pytest.raises(OSError):
+        pid1.disable_cad(str(tmp_path / "missing" / "ctrl-alt-del"))
+
+
+def test_signal_names_and_statuses_read_as_before():
+    assert pid1.signal_name(15) == "SIGTERM" and pid1.signal_name(99) == "99"
+    assert pid1.describe_status(9) == "signal SIGKILL"  # killed by SIGKILL
+    assert pid1.describe_status(3 << 8) == "exit 3"
+    assert pid1.Reaped(5, 0) == pid1.Reaped(5, 0) and len({pid1.Reaped(5, 0), pid1.Reaped(5, 0)}) == 1
