@@ -100,6 +100,10 @@ verity_open() {
 	veritysetup open "$_dev" "$SPINE_ROOT_DM" "$_dev" "$_r" $(verity_args "$_slot") "$@"
 }
 
+verity_read_all() {
+	dd if="$SPINE_DEV/mapper/$SPINE_ROOT_DM" of=/dev/null bs=1M iflag=direct 2>/dev/null
+}
+
 verity_close() {
 	veritysetup close "$SPINE_ROOT_DM" 2>/dev/null
 }
@@ -107,10 +111,12 @@ verity_close() {
 # verity_check_all DEV SLOT: read every block through dm-verity (no restart flag:
 # corruption shows up as a read error here, in the initramfs, instead of a reboot).
 # A failed read is retried once: corruption fails again, a transient I/O error may not.
+# O_DIRECT in 1 MiB reads: dm-verity still hashes every block, but nothing is copied
+# through the page cache (that mapping is closed next anyway); 0.44 s instead of 0.75 s
+# for a 30 MiB Spine under TCG.
 verity_check_all() {
 	verity_open "$1" "$2" || return 1
-	if ! cat "$SPINE_DEV/mapper/$SPINE_ROOT_DM" >/dev/null 2>&1 &&
-		! cat "$SPINE_DEV/mapper/$SPINE_ROOT_DM" >/dev/null 2>&1; then
+	if ! verity_read_all && ! verity_read_all; then
 		verity_close
 		return 1
 	fi
