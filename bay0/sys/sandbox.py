@@ -310,17 +310,11 @@ def _resolve(plan: Plan) -> bytes:
 def _spawn_and_reap(plan: Plan, argv: list[bytes], path: bytes, env: list[bytes],
                     ignored: tuple[int, ...]) -> int:
     """Start the command as PID 2, report it, reap every child until it exits."""
-    child = [0]
-
-    def forward(signum: int, _frame: object) -> None:
-        if child[0]:
-            _kill(child[0], signum)
-
     for signum in ignored:  # ignored dispositions would survive execve
         _signal_set(signum, SIG_DFL)
     for signum in FORWARDED:
-        _signal_set(signum, forward)
-    pid = child[0] = _start_command(plan, argv, path, env)
+        _signal_set(signum, _forward)
+    pid = _COMMAND[0] = _start_command(plan, argv, path, env)
     _write(3, b"R" + _pack_i(pid))
     while True:
         try:
@@ -332,6 +326,14 @@ def _spawn_and_reap(plan: Plan, argv: list[bytes], path: bytes, env: list[bytes]
             if _WIFSIGNALED(status):
                 return 128 + _WTERMSIG(status)
             return _WEXITSTATUS(status)
+
+
+_COMMAND = [0]  # PID 1's command once started (a module-level handler: no closure to build)
+
+
+def _forward(signum: int, _frame: object) -> None:
+    if _COMMAND[0]:
+        _kill(_COMMAND[0], signum)
 
 
 def _start_command(plan: Plan, argv: list[bytes], path: bytes, env: list[bytes]) -> int:
