@@ -259,11 +259,13 @@ def _describe(status: int) -> str:
 def _prepare(spec: PersonaSpec, group: Cgroup, stdio: tuple[int | None, ...], opened: list[int]) -> Plan:
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     opened += [report_r, report_w]
-    fds = []
+    fds, null = [], -1
     for fd in stdio:
-        if fd is None:
-            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            opened.append(fd)
+        if fd is None:  # one /dev/null serves every default (the child dups each slot)
+            if null < 0:
+                null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                opened.append(null)
+            fd = null
         fds.append(fd)
     cgroup_fd = group.open_dir()
     opened.append(cgroup_fd)
