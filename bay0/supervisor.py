@@ -572,26 +572,20 @@ class Supervisor:
         parent, leaf = os.path.split(source.rstrip("/"))
         try:
             dirfd = _open_beneath(self.persist, parent or ".")
+            try:
+                info = os.lstat(leaf, dir_fd=dirfd)
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(leaf, dir_fd=dirfd)
+                else:
+                    os.unlink(leaf, dir_fd=dirfd)  # a symlink or file planted in place of the dir
+            finally:
+                os.close(dirfd)
         except FileNotFoundError:
             return
         except OSError as e:
             self.log.event("persona.scratch_refused", name=name, path=path,
                            error=os.strerror(e.errno or 0))
             return
-        try:
-            info = os.lstat(leaf, dir_fd=dirfd)
-            if stat.S_ISDIR(info.st_mode):
-                shutil.rmtree(leaf, dir_fd=dirfd)
-            else:
-                os.unlink(leaf, dir_fd=dirfd)  # a symlink or file planted in place of the dir
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            self.log.event("persona.scratch_refused", name=name, path=path,
-                           error=os.strerror(e.errno or 0))
-            return
-        finally:
-            os.close(dirfd)
         self.log.event("persona.scratch_wiped", name=name, path=path)
 
     def _maybe_purge_generation(self, unit: Unit) -> None:
