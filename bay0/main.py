@@ -177,7 +177,7 @@ class Warden:
             self.log.event("inventory.rescan", reason="SIGHUP")
             self.job = self._rescan()
             return
-        self.log.event("signal.ignored", signal=_signal_name(signo))
+        self.log.event("signal.ignored", signal=pid1.signal_name(signo))
 
     def claim_child(self, pid: int) -> bool:
         return False
@@ -315,10 +315,6 @@ class Warden:
 
 def _uptime() -> str:
     return f"{time.clock_gettime(time.CLOCK_BOOTTIME):.2f}"
-
-
-def _signal_name(signo: int) -> str:
-    return pid1.signal_name(signo)
 
 
 def _describe_error(error: BaseException) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bay0 import pid1
 from bay0.formats.inventory import RESERVED_TARGETS
 from bay0.sys import SandboxError, caps, netns, ns
 from bay0.sys.cgroup import Ceilings, Cgroup, own_cgroup
@@ -252,7 +253,7 @@ def _hint_for(step: str, err: int) -> str:
 
 def _describe(status: int) -> str:
     if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        return f"killed by {pid1.signal_name(os.WTERMSIG(status))}"
     return f"exit status {os.WEXITSTATUS(status)}"
 
 

@@ -411,3 +411,11 @@ def test_command_started_through_popen_where_fork_exec_is_not_known(world, monke
     with pytest.raises(SandboxError) as info:
         launch(make_spec(world, "/no/such/program"))
     assert info.value.step == "exec" and info.value.errno == 2
+
+
+def test_setup_death_by_any_signal_is_described() -> None:
+    from bay0 import persona as persona_mod
+
+    assert persona_mod._describe(9) == "killed by SIGKILL"
+    assert persona_mod._describe(40) == "killed by 40"  # a real-time signal has no enum name
+    assert persona_mod._describe(3 << 8) == "exit status 3"
