@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import ctypes
 
-from bay0.sys.libc import LIBC, check
+from bay0.sys.libc import LIBC
 
 # linux/prctl.h
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
-PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
@@ -50,11 +49,6 @@ class cap_user_header(ctypes.Structure):  # noqa: N801 - kernel name
 
 class cap_user_data(ctypes.Structure):  # noqa: N801 - kernel name
     _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-
-def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    """prctl(2); raises ``OSError``."""
-    return check(LIBC.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
 
 
 def last_cap() -> int:

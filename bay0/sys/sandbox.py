@@ -198,7 +198,7 @@ def _child_main(plan: Plan, args: tuple, step: list[str]) -> int:
         if os.read(plan.sync_fd, 1) != b"g":
             raise OSError(errno_mod.ECANCELED, "bay0 could not set up the host side")
         netns.configure_inside(plan.spec.network)
-    # the filesystem view (bay0.sys.rootfs has the same steps as readable helpers)
+    # the filesystem view (bay0.sys.rootfs explains each step; its layout() precomputes the paths)
     step[0] = "mount-private"
     if _mount(None, b"/", None, MS_REC_PRIVATE, None) < 0:
         raise _fail(b"mount /")

@@ -31,7 +31,7 @@ import functools
 import struct
 
 from bay0.sys import seccomp_profiles as prof
-from bay0.sys.libc import MACHINE, UnsupportedArchError, syscall
+from bay0.sys.libc import MACHINE, UnsupportedArchError
 from bay0.sys.ns import CLONE_NEW_MASK
 from bay0.sys.syscalls_x86_64 import NEWEST, SYSCALLS
 
@@ -244,7 +244,3 @@ class LoadableFilter:
         self.buffer = ctypes.create_string_buffer(program, len(program))
         self.prog = sock_fprog(len(program) // 8, ctypes.addressof(self.buffer))
         self.prog_ref = ctypes.c_long(ctypes.addressof(self.prog))  # for a raw syscall argument
-
-    def load(self) -> None:
-        """seccomp(SECCOMP_SET_MODE_FILTER); needs no_new_privs first. Raises ``OSError``."""
-        syscall("seccomp", SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(self.prog))
