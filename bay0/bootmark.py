@@ -6,6 +6,12 @@ lower it), and every persona healthy now and throughout the last ``window`` seco
 (any unhealthy observation restarts that window). With no persona at all the Spine
 itself is what proved stable, so the slot is marked too.
 
+Every boot spends one of the slot's tries, a good slot's too, and marking refills them
+(``bootctl.mark_good``): so bay0 marks on every boot that proves stable, not only the
+first. Before it marks, bay0 reads the whole root device through dm-verity
+(``read_through``, a chunk per main-loop step), so no slot is confirmed with a block
+that was never checked; the initramfs reads a slot end to end only on its last try.
+
 The write goes through the shared boot-control code (``bay0.formats.bootctl``) on the
 ``spine_state`` partition: read both copies, ``mark_good`` on the valid copy with the
 highest sequence, ``plan_write`` picks the other copy and the next sequence number,
@@ -23,6 +29,66 @@ from bay0.errors import SlotStateError
 
 STATE_PARTNAME = "spine_state"
 HEALTH_WINDOW = 30.0
+
+
+READ_CHUNK = 1 << 20
+
+
+def root_device(mountinfo: str = "/proc/self/mountinfo", sysfs: str = "/sys", dev: str = "/dev") -> str:
+    """The dm-verity device node the root filesystem is mounted from (``/dev/dm-N``).
+
+    Raises ``FileNotFoundError`` when ``/`` is not on a dm-verity block device (then
+    there is nothing bay0 could read end to end that would prove anything).
+    """
+    from bay0.invariants import VERITY_UUID_PREFIX, parse_mountinfo, sys_dm_uuid
+
+    with open(mountinfo) as f:
+        roots = [e for e in parse_mountinfo(f.read()) if e.mount_point == "/"]
+    if not roots:
+        raise FileNotFoundError(f"no root mount in {mountinfo}")
+    device = roots[-1].device  # the last mount over / is the one in use
+    uuid = sys_dm_uuid(device, sysfs)
+    if uuid is None or not uuid.startswith(VERITY_UUID_PREFIX):
+        raise FileNotFoundError(f"the root ({device}) is not on a dm-verity device")
+    try:
+        with open(f"{sysfs}/dev/block/{device}/uevent") as f:
+            names = [line[len("DEVNAME="):].strip() for line in f if line.startswith("DEVNAME=")]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the root ({device}) is not on a block device") from None
+    if not names:
+        raise FileNotFoundError(f"the root's block device {device} has no DEVNAME")
+    return f"{dev}/{names[0]}"
+
+
+def read_through(path: str, chunk: int = READ_CHUNK):
+    """Read ``path`` from its first byte to its end, one ``chunk`` per step (a generator
+    for bay0's job loop: it yields after each read and returns the bytes read).
+
+    Through a dm-verity mapping every block is hashed by the kernel as it is read, so
+    reaching the end proves the whole image matches the root hash: corruption either
+    restarts the machine (--restart-on-corruption) or raises ``OSError`` (EIO) here.
+    O_DIRECT keeps the page cache out of it (no cached, already-checked copy answers).
+    """
+    import mmap
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    buffer = mmap.mmap(-1, chunk)  # page aligned, as O_DIRECT requires
+    view = memoryview(buffer)
+    total = 0
+    try:
+        while True:
+            got = os.preadv(fd, [view], total)
+            if got == 0:  # the end (a short read only ends the scan when nothing more comes)
+                return total
+            total += got
+            yield
+    finally:
+        view.release()
+        buffer.close()
+        os.close(fd)
 
 
 def uptime() -> float:
@@ -54,7 +120,7 @@ def mark_slot_good(device: str, slot: str) -> MarkResult:
         if current.last_boot != slot:
             raise SlotStateError(f"boot control says the last boot was {current.last_boot}, "
                                  f"not {slot}", "refusing to mark a slot bay0 did not boot from")
-        if current.slot(slot).good:
+        if current.slot(slot).good and current.slot(slot).tries_left == bootctl.DEFAULT_TRIES:
             return MarkResult(None, current.seq, f"slot {slot} is already good")
         offset, record = bootctl.plan_write(region, bootctl.mark_good(current, slot))
         written = 0

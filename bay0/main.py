@@ -150,6 +150,8 @@ class Warden:
         self.supervisor = None
         self.marker = None
         self.store_root = STORE_ROOT
+        self.root_device = None  # None: the device / is mounted from (bootmark.root_device)
+        self.root_verified = False  # read end to end through dm-verity: mark-good waits for it
 
     # -- pid1.Warden protocol --
 
@@ -226,6 +228,43 @@ class Warden:
         except StopIteration:
             self.job = None
 
+    def after_ready(self):
+        """The job READY hands over to: start up, then read the root end to end."""
+        yield from self.startup()
+        yield from self.verify_root()
+
+    def verify_root(self):
+        """Read the root device end to end, a chunk per step, before the slot may be marked
+        good. dm-verity hashes every block read: corruption restarts the machine (the
+        mapping has --restart-on-corruption) or fails the read, and a failed read reboots
+        (the next boot spends the slot's next try). When the device cannot be found the
+        slot is simply not confirmed: its tries run out and the initramfs reads it end to
+        end on its last one.
+        """
+        import errno
+
+        from bay0 import bootmark
+
+        started = time.monotonic()
+        try:
+            device = self.root_device or bootmark.root_device()
+        except OSError as e:
+            self.log.event("root.unverified", error=str(e), note="the slot will not be marked good")
+            return
+        try:
+            size = yield from bootmark.read_through(device)
+        except OSError as e:
+            if e.errno != errno.EIO:  # not what a bad block gives: cannot prove, do not mark
+                self.log.event("root.unverified", device=device, error=e.strerror or str(e),
+                               note="the slot will not be marked good")
+                return
+            self.log.event("root.read_failed", device=device, error=e.strerror)
+            self.machine.reboot(f"the root device {device} failed a read ({e.strerror})")
+            return
+        self.root_verified = True
+        self.log.event("root.verified", device=device, bytes=size,
+                       seconds=f"{time.monotonic() - started:.1f}")
+
     def startup(self):
         """Import a staged inventory, load the current one, start its personas."""
         from bay0 import inventory_store as inv_store
@@ -292,7 +331,7 @@ class Warden:
         self.supervisor = supervisor
 
     def _maybe_mark_good(self) -> None:
-        if self.marker is None or self.job is not None:
+        if self.marker is None or self.job is not None or not self.root_verified:
             return
         healthy = self.supervisor.healthy() if self.supervisor is not None else True
         if not self.marker.due(healthy):
@@ -448,7 +487,7 @@ def boot(argv: Sequence[str], log: Log, machine: pid1.Machine) -> Warden:
     from bay0.bootmark import BootMarker
 
     warden.marker = BootMarker(config.slot, config.good_after)
-    warden.job = warden.startup()
+    warden.job = warden.after_ready()
     return warden
 
 

@@ -196,7 +196,7 @@ def mark_good(
     slot: str = typer.Option("booted", "--slot", help="booted, other, A or B."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Mark a slot good (offline), so it boots without spending tries."""
+    """Mark a slot good (offline): it stays in the boot order, with its tries refilled."""
     _mark(disk, slot, True, as_json)
 
 

@@ -33,12 +33,61 @@ def test_marks_the_booted_slot_in_the_other_copy(state):
     result = bootmark.mark_slot_good(str(state), "B")
     after = state.read_bytes()
     bc, index = bootctl.read_region(after[:bootctl.REGION_SIZE])
-    assert bc.slot("B").good and bc.slot("B").tries_left == 2 and bc.seq == 1
+    assert bc.slot("B").good and bc.slot("B").tries_left == bootctl.DEFAULT_TRIES and bc.seq == 1
     assert (result.written, result.seq, result.reason) == (1, 1, "marked")
     assert after[:4096] == before[:4096]  # copy 0 untouched: a torn write could not hurt
     assert after[8192:] == before[8192:]  # keyfile area and the rest untouched
     assert bootmark.mark_slot_good(str(state), "B").reason == "slot B is already good"
     assert state.read_bytes() == after
+
+
+def test_a_good_slot_is_confirmed_again_after_each_boot_spent_a_try(tmp_path):
+    bc = bootctl.mark_good(booted("B"), "B")
+    path = tmp_path / "state"
+    path.write_bytes(bootctl.initial_region(bootctl.consume_try(bc, "B")).ljust(bootctl.STATE_MIN_SIZE, b"\0"))
+    result = bootmark.mark_slot_good(str(path), "B")
+    after = bootctl.read_region(path.read_bytes()[:bootctl.REGION_SIZE])[0]
+    assert result.reason == "marked" and after.slot("B").tries_left == bootctl.DEFAULT_TRIES
+
+
+def test_root_device_is_found_through_mountinfo_and_sysfs(tmp_path):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("1 0 254:0 / / ro,nodev - squashfs /dev/mapper/spine_root ro\n"
+                         "2 1 0:5 / /dev rw,nosuid - devtmpfs devtmpfs rw\n")
+    uevent = tmp_path / "sys/dev/block/254:0/uevent"
+    (uevent.parent / "dm").mkdir(parents=True)
+    uevent.write_text("MAJOR=254\nMINOR=0\nDEVNAME=dm-0\nDEVTYPE=disk\n")
+    uuid = uevent.parent / "dm/uuid"
+    uuid.write_text("CRYPT-PLAIN-persist\n")
+    with pytest.raises(FileNotFoundError, match=r"the root \(254:0\) is not on a dm-verity device"):
+        bootmark.root_device(str(mountinfo), str(tmp_path / "sys"), "/dev")
+    uuid.write_text("CRYPT-VERITY-0123456789abcdef-spine_root\n")
+    assert bootmark.root_device(str(mountinfo), str(tmp_path / "sys"), "/dev") == "/dev/dm-0"
+    uevent.unlink()
+    with pytest.raises(FileNotFoundError, match=r"the root \(254:0\) is not on a block device"):
+        bootmark.root_device(str(mountinfo), str(tmp_path / "sys"), "/dev")
+    mountinfo.write_text("2 1 0:5 / /dev rw,nosuid - devtmpfs devtmpfs rw\n")
+    with pytest.raises(FileNotFoundError, match="no root mount"):
+        bootmark.root_device(str(mountinfo), str(tmp_path / "sys"), "/dev")
+
+
+@pytest.mark.parametrize("size", [0, 4096, 3 * 65536, 3 * 65536 + 8192])
+def test_read_through_reads_every_byte_in_steps(tmp_path, size):
+    path = tmp_path / "root.img"
+    path.write_bytes(bytes(size))
+    steps = bootmark.read_through(str(path), chunk=65536)
+    count = 0
+    with pytest.raises(StopIteration) as end:
+        while True:
+            next(steps)
+            count += 1
+    assert end.value.value == size
+    assert count == -(-size // 65536)  # one step per chunk read
+
+
+def test_read_through_fails_on_a_missing_device(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        next(bootmark.read_through(str(tmp_path / "absent")))
 
 
 def test_torn_write_leaves_the_old_decision(state):

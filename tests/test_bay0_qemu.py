@@ -118,8 +118,13 @@ def test_personas_run_and_the_slot_is_marked_good_after_the_uptime(kit, disk):
     assert events(result, "persona.stopped")[0]["clean"] == "true"
     good = events(result, "slot.good")[0]
     assert good["slot"] == "A" and float(good["uptime"]) >= 25
+    verified = events(result, "root.verified")[0]  # the whole root read through dm-verity first
+    assert verified["device"].startswith("/dev/dm-") and int(verified["bytes"]) == disk.state().slot("A").data_size
+    lines = result.lines("bay0: event=")
+    assert lines.index(next(x for x in lines if "event=root.verified" in x)) < \
+        lines.index(next(x for x in lines if "event=slot.good" in x))
     assert not result.lines("bay0: VIOLATION")
-    assert disk.state().slot("A").good
+    assert disk.state().slot("A").good and disk.state().slot("A").tries_left == 3  # refilled
 
 
 def test_a_failing_persona_is_restarted_with_backoff_then_purged(kit, disk):

@@ -112,9 +112,56 @@ def test_mark_good_through_the_tick(warden, tmp_path, monkeypatch):
     monkeypatch.setattr(inv_store, "find_partition", lambda name: str(state))
     clock = [0.0]
     warden.marker = bootmark.BootMarker("A", 10, clock=lambda: clock[0])
+    monkeypatch.setattr(main, "JOB_SLICE", 0.0)  # one read (1 MiB) per tick
+    warden.root_device = str(tmp_path / "root.img")
+    (tmp_path / "root.img").write_bytes(bytes(3 << 20))
+    warden.job = warden.verify_root()
     warden.tick(0.0)
     assert not warden.events("slot.good")
     clock[0] = 11.0
+    warden.tick(0.0)  # uptime reached, but the root is still being read
+    assert warden.job is not None and not warden.events("slot.good")
+    while warden.job is not None:
+        warden.tick(0.0)
+    assert warden.root_verified and warden.events("root.verified")[0]["bytes"] == str(3 << 20)
     warden.tick(0.0)
     assert warden.events("slot.good")[0]["slot"] == "A"
     assert bootctl.read_region(state.read_bytes()[:8192])[0].slot("A").good
+
+
+def test_no_mark_good_without_the_root_read_end_to_end(warden, tmp_path, monkeypatch):
+    monkeypatch.setattr(bootmark, "root_device", lambda: (_ for _ in ()).throw(
+        FileNotFoundError("the root (0:31) is not on a block device")))
+    warden.marker = bootmark.BootMarker("A", 0, clock=lambda: 100.0)
+    list(warden.verify_root())
+    assert warden.events("root.unverified")[0]["error"] == "the root (0:31) is not on a block device"
+    warden.tick(0.0)
+    assert not warden.root_verified and not warden.events("slot.good") and not warden.events("slot.mark_failed")
+
+
+def test_a_root_read_error_reboots_other_errors_leave_it_unconfirmed(warden, monkeypatch):
+    def failing(errno_):
+        def read_through(device):
+            yield
+            raise OSError(errno_, os.strerror(errno_))
+        return read_through
+
+    warden.root_device = "/dev/dm-0"
+    monkeypatch.setattr(bootmark, "read_through", failing(1))
+    list(warden.verify_root())
+    assert warden.events("root.unverified")[0]["error"] == "Operation not permitted"
+    monkeypatch.setattr(bootmark, "read_through", failing(5))  # what dm-verity gives a bad block
+    with pytest.raises(Rebooted, match="the root device /dev/dm-0 failed a read"):
+        list(warden.verify_root())
+    assert warden.events("root.read_failed")[0]["error"] == "Input/output error"
+    assert not warden.root_verified
+
+
+def test_ready_hands_over_to_startup_then_the_root_read(warden, tmp_path, monkeypatch):
+    monkeypatch.setattr(inv_store, "find_partition", lambda *a, **k: None)
+    warden.root_device = str(tmp_path / "root.img")
+    (tmp_path / "root.img").write_bytes(bytes(8192))
+    list(warden.after_ready())
+    names = [e["event"] for e in map(parse_line, (tmp_path / "console").read_text().splitlines())]
+    assert names.index("startup.done") < names.index("root.verified")
+    assert warden.root_verified

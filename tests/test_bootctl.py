@@ -189,11 +189,35 @@ def test_boot_order(a: Slot, b: Slot, order: list[str]) -> None:
 @pytest.mark.parametrize("before, name, after", [
     (state(slot(2, 3), slot(1, 0, True)), "A", state(slot(2, 2), slot(1, 0, True), last="A")),
     (state(slot(2, 1), E), "A", state(slot(2, 0), E, last="A")),
+    # good slots spend tries too (boots since bay0 last confirmed them), never below 0
     (state(slot(2, 0, True), E, last="B"), "A", state(slot(2, 0, True), E, last="A")),
-    (state(slot(1, 5, True), slot(2, 0)), "A", state(slot(1, 5, True), slot(2, 0), last="A")),
+    (state(slot(1, 5, True), slot(2, 0)), "A", state(slot(1, 4, True), slot(2, 0), last="A")),
+    (state(slot(1, 1, True), slot(2, 0)), "A", state(slot(1, 0, True), slot(2, 0), last="A")),
 ])
 def test_consume_try(before: BootControl, name: str, after: BootControl) -> None:
     assert bcf.consume_try(before, name) == after
+
+
+@pytest.mark.parametrize("before, name, last", [
+    (state(slot(2, 3), E), "A", False),
+    (state(slot(2, 1), E), "A", True),           # a trial slot's last try
+    (state(slot(2, 3, True), E), "A", False),
+    (state(slot(2, 1, True), E), "A", True),     # a good slot unconfirmed for 3 boots
+    (state(slot(2, 0, True), E), "A", True),
+])
+def test_last_chance_after_the_try_is_spent(before: BootControl, name: str, last: bool) -> None:
+    assert bcf.last_chance(bcf.consume_try(before, name), name) is last
+
+
+def test_a_good_slot_that_stops_being_confirmed_stays_bootable_and_gets_read_in_full() -> None:
+    bc = state(slot(2, bcf.DEFAULT_TRIES, True), slot(1, 0, True))
+    chances = []
+    for _ in range(bcf.DEFAULT_TRIES + 2):  # boots that never reach mark-good
+        bc = bcf.consume_try(bc, bcf.boot_order(bc)[0])
+        chances.append(bcf.last_chance(bc, "A"))
+    assert bcf.boot_order(bc) == ["A", "B"]
+    assert chances == [False] * (bcf.DEFAULT_TRIES - 1) + [True] * 3
+    assert bcf.mark_good(bc, "A").slot("A").tries_left == bcf.DEFAULT_TRIES
 
 
 @pytest.mark.parametrize("bc, name, match", [
@@ -209,7 +233,8 @@ def test_consume_try_refuses(bc: BootControl, name: str, match: str) -> None:
 
 def test_mark_good_and_bad() -> None:
     bc = state(slot(2, 2), slot(1, 0, True))
-    assert bcf.mark_good(bc, "A") == state(slot(2, 2, True), slot(1, 0, True))
+    # marking good refills the tries: they count boots since the last confirmation
+    assert bcf.mark_good(bc, "A") == state(slot(2, bcf.DEFAULT_TRIES, True), slot(1, 0, True))
     bad = bcf.mark_bad(bc, "A")
     assert bad == state(slot(0, 0), slot(1, 0, True))
     assert bcf.boot_order(bad) == ["B"]

@@ -186,7 +186,24 @@ TRANSITIONS = [
     (GOOD, [("mark_bad", "B"), ("consume_try", "A"), ("consume_try", "A")]),
     (state(slot(2, 1), slot(1, 0, True)), [("consume_try", "A"), ("mark_bad", "A"),
                                            ("consume_try", "B")]),
+    # a good slot spends tries too, down to 0, and stays bootable
+    (state(slot(2, 2, True), slot(1, 0, True), last="A"), [("consume_try", "A")] * 3),
 ]
+
+
+@pytest.mark.parametrize("bc, name", [
+    (state(slot(2, 3), E), "A"), (state(slot(2, 1), E), "A"),
+    (state(slot(1, 3, True), slot(2, 2)), "B"), (state(slot(1, 3, True), slot(2, 1)), "B"),
+    (state(slot(2, 2, True), E), "A"), (state(slot(2, 1, True), E), "A"),
+    (state(slot(2, 0, True), E), "A"),
+])
+def test_last_chance_agrees_with_python(disk, bc, name) -> None:
+    disk.write(bcf.initial_region(bc))
+    code, out, err = disk.sh(f"bc_load {disk.dev} && bc_consume_try {name} || exit 3\n"
+                             f"if bc_last_chance {name}; then echo last; else echo more; fi")
+    assert code == 0, err
+    expected = bcf.last_chance(bcf.consume_try(bc, name), name)
+    assert out.strip() == ("last" if expected else "more")
 
 
 @pytest.mark.parametrize("newer_copy", [0, 1])

@@ -319,8 +319,12 @@ def next_boot(bc: BootControl) -> str | None:
 
 
 def consume_try(bc: BootControl, name: str) -> BootControl:
-    """Record a boot attempt of ``name``: one try fewer unless good; last_boot = name.
+    """Record a boot attempt of ``name``: one try fewer (never below 0); last_boot = name.
 
+    Every boot spends a try, a good slot's too: a good slot's tries count the boots
+    since bay0 last confirmed it (``mark_good`` refills them), so a good slot that
+    stops reaching a stable uptime runs out of tries like a trial slot; it stays
+    bootable, but ``last_chance`` then tells the initramfs to read it end to end first.
     Raises SlotStateError for an unknown slot or one that is not bootable.
     """
     slot = bc.slot(name)
@@ -328,12 +332,22 @@ def consume_try(bc: BootControl, name: str) -> BootControl:
         raise SlotStateError(f"slot {name} is not bootable (priority {slot.priority}, "
                              f"tries {slot.tries_left}, good {int(slot.good)})",
                              "boot a slot from boot_order()")
-    tries = slot.tries_left if slot.good else slot.tries_left - 1
+    tries = max(slot.tries_left - 1, 0)
     return replace(bc.with_slot(name, replace(slot, tries_left=tries)), last_boot=name)
 
 
+def last_chance(bc: BootControl, name: str) -> bool:
+    """True when ``name``, after ``consume_try``, has no try left: the boot now under way
+    is its last before it leaves the boot order (trial) or keeps booting unconfirmed
+    (good). The initramfs reads such a slot end to end through dm-verity before using
+    it, so a corrupt image is caught there instead of restarting the machine.
+    """
+    return bc.slot(name).tries_left == 0
+
+
 def mark_good(bc: BootControl, name: str) -> BootControl:
-    """Mark ``name`` good (it keeps booting without spending tries).
+    """Mark ``name`` good and refill its tries to ``DEFAULT_TRIES`` (bay0 does this once
+    the booted slot has run stably and was read end to end; so does `spinectl mark-good`).
 
     Raises SlotStateError for an unknown, empty or marked-bad (priority 0) slot.
     """
@@ -341,7 +355,7 @@ def mark_good(bc: BootControl, name: str) -> BootControl:
     if slot.priority == 0:
         raise SlotStateError(f"cannot mark slot {name} good: it is marked bad (priority 0)",
                              f"flash slot {name} again to re-activate it")
-    return bc.with_slot(name, replace(slot, good=True))
+    return bc.with_slot(name, replace(slot, good=True, tries_left=DEFAULT_TRIES))
 
 
 def mark_bad(bc: BootControl, name: str) -> BootControl:

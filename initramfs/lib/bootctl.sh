@@ -154,13 +154,21 @@ bc_choose() {
 	echo "$_order"
 }
 
-# bc_consume_try SLOT: one try fewer unless good; last_boot = SLOT (in memory).
+# bc_consume_try SLOT: one try fewer, good or not, never below 0; last_boot = SLOT
+# (in memory). A good slot's tries count the boots since bay0 last confirmed it.
 bc_consume_try() {
 	bc__slot "$1" || return 1
 	bc__bootable "$1" || bc__err "slot $1 is not bootable" || return 1
-	eval "_g=\$BC_$1_good"
-	[ "$_g" = 1 ] || eval "BC_$1_tries=\$((BC_$1_tries - 1))"
+	eval "_t=\$BC_$1_tries"
+	[ "$_t" -eq 0 ] || eval "BC_$1_tries=\$((_t - 1))"
 	BC_LAST=$1
+}
+
+# bc_last_chance SLOT: true when SLOT has no try left (after bc_consume_try): read it
+# end to end before using it (Python: last_chance).
+bc_last_chance() {
+	bc__slot "$1" || return 1
+	eval "[ \"\$BC_$1_tries\" -eq 0 ]"
 }
 
 # bc_mark_bad SLOT: priority 0, tries 0, not good (in memory; the image is kept).

@@ -1,5 +1,5 @@
-"""End-to-end boots under QEMU (TCG): the initramfs picks a slot, verifies it, falls
-back, and powers off when nothing is bootable. /sbin/bay0 is a test double here."""
+"""End-to-end boots under QEMU (TCG): the initramfs picks a slot, spends a try, reads it
+end to end on its last try, falls back, and powers off when nothing is bootable. /sbin/bay0 is a test double here."""
 
 from __future__ import annotations
 
@@ -55,23 +55,37 @@ def test_a_persist_volume_without_its_filesystem_is_left_alone(disk, boot) -> No
     assert result.lines("bay0-double: persist")[0].strip() == "bay0-double: persist"
 
 
-def test_corrupt_block_in_a_falls_back_to_b_and_marks_a_bad(disk, boot) -> None:
+def with_tries(disk, name: str, tries: int) -> None:
+    import dataclasses
+
+    state = disk.state()
+    disk.set_state(state.with_slot(name, dataclasses.replace(state.slot(name), tries_left=tries)))
+
+
+def test_corrupt_a_on_its_last_try_is_read_in_full_marked_bad_and_b_boots(disk, boot) -> None:
+    # On a slot's last try the initramfs reads it end to end through dm-verity first.
     disk.corrupt("spine_a", block=20)
+    with_tries(disk, "A", 1)
     result = boot(disk)
     assert result.outcome == qemu.POWEROFF
     assert "bay0: READY slot=B" in result.lines("bay0: ")
     lines = init_lines(result)
+    assert any("slot A: verifying /dev/vda2" in line for line in lines)
     assert any("slot A: dm-verity check failed" in line for line in lines)
     assert any("slot A: marked bad" in line for line in lines)
+    assert not any("slot B: verifying" in line for line in lines)  # B has tries left: no read-through
     state = disk.state()
     assert state.slot("A").priority == 0 and not state.slot("A").bootable
     assert state.slot("B").tries_left == 2 and state.last_boot == "B"
 
 
 def test_both_slots_corrupt_powers_off_without_a_shell(disk, boot) -> None:
+    # spine.verify=full reads every slot end to end on every boot, tries left or not.
+    from tests.e2e.conftest import APPEND
+
     disk.corrupt("spine_a", block=20)
     disk.corrupt("spine_b", block=30)
-    result = boot(disk)
+    result = boot(disk, append=APPEND + " spine.verify=full")
     assert result.outcome == qemu.POWEROFF
     assert not result.lines("bay0: ")
     lines = init_lines(result)
@@ -81,34 +95,37 @@ def test_both_slots_corrupt_powers_off_without_a_shell(disk, boot) -> None:
     assert_no_shell(result)
 
 
-def corrupt_good_slot_a(disk) -> None:
+def corrupt_good_slot_a(disk, tries: int) -> None:
     from bay0.formats import bootctl as bcf
 
     disk.set_state(bcf.mark_good(disk.state(), "A"))
+    with_tries(disk, "A", tries)
     for block in range(1, 700):  # the squashfs metadata the mount reads is in here
         disk.corrupt("spine_a", block=block)
 
 
-def test_corrupt_good_slot_is_caught_at_boot_and_b_boots(disk, boot) -> None:
-    # By default every slot is read end to end through dm-verity before use, so even
-    # a good slot (which spends no tries) cannot restart in a loop.
-    corrupt_good_slot_a(disk)
+def test_corrupt_good_slot_out_of_tries_is_caught_at_boot_and_b_boots(disk, boot) -> None:
+    # A good slot spends tries too (bay0 refills them once it confirms the slot): one
+    # that stopped reaching that point is read end to end on its last try, so a corrupt
+    # good slot cannot restart the machine in a loop.
+    corrupt_good_slot_a(disk, tries=1)
     result = boot(disk)
     assert result.outcome == qemu.POWEROFF
     assert "bay0: READY slot=B" in result.lines("bay0: ")
+    assert any("slot A: dm-verity check failed" in line for line in init_lines(result))
     assert not disk.state().slot("A").bootable
 
 
-def test_corruption_met_at_runtime_restarts_the_machine(disk, boot) -> None:
-    # spine.verify=trial skips the read-through for good slots: dm-verity's
-    # restart-on-corruption fires when the root is read (-no-reboot turns it into an exit).
-    from tests.e2e.conftest import APPEND
-
-    corrupt_good_slot_a(disk)
-    result = boot(disk, append=APPEND + " spine.verify=trial")
+def test_corruption_met_at_runtime_restarts_the_machine_and_costs_a_try(disk, boot) -> None:
+    # With tries left there is no read-through: dm-verity's restart-on-corruption fires
+    # when the root is read (-no-reboot turns it into an exit), and the try is spent.
+    corrupt_good_slot_a(disk, tries=3)
+    result = boot(disk)
     assert result.outcome == qemu.REBOOT
     assert not result.lines("bay0: ")
-    assert disk.state().last_boot == "A"
+    assert not any("verifying" in line for line in init_lines(result))
+    state = disk.state()
+    assert state.last_boot == "A" and state.slot("A").tries_left == 2 and state.slot("A").good
 
 
 def test_blank_boot_control_powers_off(disk, boot) -> None:
@@ -151,9 +168,10 @@ def test_flashed_b_boots_on_trial_then_stays_once_marked_good(disk, boot) -> Non
     assert "bay0: READY slot=B" in result.lines("bay0: ")
     assert disk.state().slot("B").tries_left == 2 and not disk.state().slot("B").good
     disk.set_state(bcf.mark_good(disk.state(), "B"))  # what `spinectl mark-good` does offline
+    assert disk.state().slot("B").tries_left == bcf.DEFAULT_TRIES  # marking refills the tries
     result = boot(disk)
     assert "bay0: READY slot=B" in result.lines("bay0: ")
-    assert disk.state().slot("B").tries_left == 2 and disk.state().slot("B").good
+    assert disk.state().slot("B").tries_left == bcf.DEFAULT_TRIES - 1 and disk.state().slot("B").good
 
 
 def test_a_wedged_payload_is_reset_by_the_i6300esb_watchdog(disk, boot) -> None:

@@ -190,12 +190,12 @@ CASES: list[Case] = (
              covered_by="tests/test_bootctl.py::test_torn_write_yields_old_or_new_state, "
                         "tests/test_bootctl_busybox.py::test_torn_shell_writes_are_rejected_by_both_and_the_old_state_wins"),
         Case("fault/one-slot-corrupt", "ok", "one slot corrupt: dm-verity fails, the other slot boots", where="covered",
-             covered_by="tests/e2e/test_boot.py::test_corrupt_block_in_a_falls_back_to_b_and_marks_a_bad, "
-                        "::test_corrupt_good_slot_is_caught_at_boot_and_b_boots"),
+             covered_by="tests/e2e/test_boot.py::test_corrupt_a_on_its_last_try_is_read_in_full_marked_bad_and_b_boots, "
+                        "::test_corrupt_good_slot_out_of_tries_is_caught_at_boot_and_b_boots"),
         Case("fault/both-slots-corrupt", "ok", "both slots corrupt: power off, no shell", where="covered",
              covered_by="tests/e2e/test_boot.py::test_both_slots_corrupt_powers_off_without_a_shell"),
         Case("fault/runtime-corruption", "ok", "corruption met at runtime restarts the machine", where="covered",
-             covered_by="tests/e2e/test_boot.py::test_corruption_met_at_runtime_restarts_the_machine"),
+             covered_by="tests/e2e/test_boot.py::test_corruption_met_at_runtime_restarts_the_machine_and_costs_a_try"),
         Case("fault/inventory-tampered", "ok", "tampered inventory refused", where="covered",
              covered_by="tests/test_inventory_verify.py::test_tampered_document_is_refused, ::test_any_changed_byte_is_refused"),
         Case("fault/inventory-rolled-back", "ok", "inventory below the floor refused", where="covered",
