@@ -1,4 +1,4 @@
-"""Mounts: mount/umount2, pivot_root, and the fd-based mount API (Linux 5.12+).
+"""Mounts: mount/umount2 and the fd-based mount API (Linux 5.12+).
 
 Bind mounts from /persist use ``open_tree`` + ``mount_setattr`` + ``move_mount``: the
 source and target are file descriptors resolved with ``openat2`` refusing every
@@ -78,11 +78,6 @@ def mount(source: str | bytes | None, target: str | bytes, fstype: str | bytes |
 def umount2(target: str | bytes, flags: int = 0) -> None:
     """umount2(2); raises ``OSError``."""
     check(LIBC.umount2(_b(target), flags), f"umount {os.fsdecode(target)}")
-
-
-def pivot_root(new_root: str | bytes, put_old: str | bytes) -> None:
-    """pivot_root(2) (no libc wrapper on musl or glibc); raises ``OSError``."""
-    syscall("pivot_root", ctypes.c_char_p(_b(new_root)), ctypes.c_char_p(_b(put_old)))
 
 
 def openat2(dirfd: int, path: str | bytes, flags: int, resolve: int) -> int:

@@ -5,8 +5,8 @@ in the parent by ``layout``; the mounts themselves are made by the sandbox child
 (``bay0.sys.sandbox._child_main``) in the runc/crun order (see
 docs/implementation/sandbox.md): ``/`` private recursively before any mount, bind the
 image root, tmpfs /dev with the six nodes (then read-only), a fresh /proc with the
-masked and read-only paths, the declared binds (``bind``), ``pivot``, remount ``/``
-read-only.
+masked and read-only paths, the declared binds (``bind``), then ``pivot_root(".", ".")``
+with the old root detached (runc's rootfs_linux.go), and ``/`` remounted read-only.
 """
 
 from __future__ import annotations
@@ -99,11 +99,3 @@ def bind(root_fd: int, persist: bytes, source: bytes, target: bytes, rw: bool, e
             os.close(dst)
     finally:
         os.close(src)
-
-
-def pivot(root: bytes) -> None:
-    """pivot_root(".", ".") then detach the old root stacked on top (runc rootfs_linux.go)."""
-    os.chdir(root)
-    m.pivot_root(b".", b".")
-    m.umount2(b".", m.MNT_DETACH)
-    os.chdir(b"/")

@@ -47,7 +47,8 @@ _IFREQ_LO_UP = ctypes.create_string_buffer(struct.pack("16sH22x", b"lo", IFF_UP_
 # What the child calls, bound here once: a global name is one dict lookup, while
 # ``module.attr`` in never-warmed code also misses the type cache (a write, so a
 # copied page) every time. See run_child().
-_prctl, _mount, _socket, _ioctl, _syscall = LIBC.prctl, LIBC.mount, LIBC.socket, LIBC.ioctl, LIBC.syscall
+_prctl, _mount, _umount2, _socket, _ioctl, _syscall = (
+    LIBC.prctl, LIBC.mount, LIBC.umount2, LIBC.socket, LIBC.ioctl, LIBC.syscall)
 _sigmask, _set_wakeup_fd, _signal_set = _signal.pthread_sigmask, _signal.set_wakeup_fd, _signal.signal
 _umask, _mknod, _symlink, _lstat, _access, F_OK = os.umask, os.mknod, os.symlink, os.lstat, os.access, os.F_OK
 _chdir, _setsid, _dup2, _close, _write, _read, _pipe = (
@@ -66,6 +67,9 @@ PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN = caps.PR_SET_SECUREBITS, caps.SECUREB
 PR_SET_DUMPABLE, PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = (
     caps.PR_SET_DUMPABLE, caps.PR_SET_PDEATHSIG, caps.PR_SET_NO_NEW_PRIVS)
 NR_CAPSET, NR_SECCOMP = ctypes.c_long(nr("capset")), ctypes.c_long(nr("seccomp"))
+NR_PIVOT_ROOT, NR_CLOSE_RANGE = ctypes.c_long(nr("pivot_root")), ctypes.c_long(nr("close_range"))
+_DOT, MNT_DETACH = ctypes.c_char_p(b"."), m.MNT_DETACH
+FD_4, FD_MAX = ctypes.c_long(4), ctypes.c_long(0xFFFFFFFF)
 ZERO, SECCOMP_SET_MODE_FILTER = ctypes.c_long(0), ctypes.c_long(SECCOMP_SET_MODE_FILTER)
 _CAP_HEADER, _CAP_EMPTY = caps.capset_args()
 _COMM = ctypes.create_string_buffer(b"persona-init")
@@ -233,8 +237,13 @@ def _child_main(plan: Plan, args: tuple, step: list[str]) -> int:
             raise _fail(b"mount " + entry)
     if binds:
         _binds(plan, root, step)
-    step[0] = "pivot-root"
-    rootfs.pivot(root)
+    step[0] = "pivot-root"  # arguments built at import: no Python wrapper runs cold here
+    _chdir(root)
+    if _syscall(NR_PIVOT_ROOT, _DOT, _DOT) < 0:
+        raise _fail(b"pivot_root")
+    if _umount2(b".", MNT_DETACH) < 0:  # the old root, stacked on top of the new one
+        raise _fail(b"umount the old root")
+    _chdir(b"/")
     step[0] = "root-readonly"
     if _mount(None, b"/", None, ROOT_REMOUNT, None) < 0:
         raise _fail(b"mount /")
@@ -257,7 +266,8 @@ def _child_main(plan: Plan, args: tuple, step: list[str]) -> int:
     _dup2(high[2], 2)
     _dup2(high[3], 3, False)
     plan.report_fd = 3
-    close_range(4)
+    if _syscall(NR_CLOSE_RANGE, FD_4, FD_MAX, ZERO) < 0:
+        close_range(4)  # before Linux 5.9: the slow fallback
     step[0] = "bounding-set"  # minijail's order, see bay0.sys.caps
     for cap in caps_range:
         if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
