@@ -66,17 +66,25 @@ bc__check_slot() {
 }
 
 # bc__parse FILE: validate one 4096-byte record and load it into BC_* variables.
+# Every check is Python's (decode); the file is split once into its first 20 lines
+# (.head) and its first 19 (.body), so each check runs one small pipeline on them
+# (processes cost ~5 ms each under emulation, and /init parses at every boot).
 bc__parse() {
 	_f=$1
 	[ "$(wc -c <"$_f")" -eq 4096 ] || return 1
-	head -n 19 "$_f" >"$_f.body"
+	head -n 20 "$_f" >"$_f.head" && head -n 19 "$_f.head" >"$_f.body" || return 1
 	_l19=$(wc -c <"$_f.body")
-	_l20=$(head -n 20 "$_f" | wc -c)
+	_l20=$(wc -c <"$_f.head")
 	# Line 20 is exactly "sum=" + 64 hex + newline; nothing but the alphabet before it.
 	[ $((_l20 - _l19)) -eq 69 ] || return 1
-	[ "$(head -n 20 "$_f" | tr -d '\nA-Za-z0-9._+~= -' | wc -c)" -eq 0 ] || return 1
+	[ "$(tr -d '\nA-Za-z0-9._+~= -' <"$_f.head" | wc -c)" -eq 0 ] || return 1
 	_sum=$(sha256sum <"$_f.body")
-	[ "$(head -n 20 "$_f" | tail -n 1)" = "sum=${_sum%% *}" ] || return 1
+	_n=0
+	while IFS= read -r _line; do
+		_n=$((_n + 1))
+		[ $_n -lt 20 ] || break
+	done <"$_f.head"
+	[ $_n -eq 20 ] && [ "$_line" = "sum=${_sum%% *}" ] || return 1
 	[ "$(tail -c $((4096 - _l20)) "$_f" | tr -d '\n' | wc -c)" -eq 0 ] || return 1
 	set -- SPINEBC seq last_boot
 	for _s in A B; do
@@ -101,6 +109,22 @@ bc__parse() {
 	[ $# -eq 0 ] && bc__check_slot A && bc__check_slot B
 }
 
+# bc__stash N / bc__unstash N: keep the values just parsed as copy N's, and load them
+# back (no second parse of the copy that wins). Only variable names are evaluated.
+bc__stash() {
+	eval "_bc$1_SEQ=\$BC_SEQ _bc$1_LAST=\$BC_LAST"
+	for _s in A B; do
+		for _k in $BC_KEYS; do eval "_bc$1_${_s}_$_k=\$BC_${_s}_$_k"; done
+	done
+}
+
+bc__unstash() {
+	eval "BC_SEQ=\$_bc$1_SEQ BC_LAST=\$_bc$1_LAST"
+	for _s in A B; do
+		for _k in $BC_KEYS; do eval "BC_${_s}_$_k=\$_bc$1_${_s}_$_k"; done
+	done
+}
+
 # bc_load DEV: read both copies, keep the valid one with the highest seq (tie: copy 0).
 bc_load() {
 	bc__tmp || return 1
@@ -109,6 +133,7 @@ bc_load() {
 		dd if="$1" of="$_bc_tmp/copy$_i" bs=4096 skip=$_i count=1 2>/dev/null || continue
 		if bc__parse "$_bc_tmp/copy$_i"; then
 			eval "_ok$_i=1 _seq$_i=\$BC_SEQ"
+			bc__stash $_i
 		fi
 	done
 	if [ $_ok1 = 1 ] && { [ $_ok0 = 0 ] || [ "$_seq1" -gt "$_seq0" ]; }; then
@@ -119,7 +144,7 @@ bc_load() {
 		bc__err "no valid boot-control record on $1"
 		return 1
 	fi
-	bc__parse "$_bc_tmp/copy$BC_COPY"
+	bc__unstash $BC_COPY
 }
 
 # bc_get SLOT KEY: print one loaded value.
