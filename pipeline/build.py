@@ -150,7 +150,8 @@ def _make_image(plan: Plan, work: Path, digest: str, steps: _Steps) -> tuple[Pat
         os.utime(doc.parent, (plan.epoch, plan.epoch))
     steps("make the squashfs")
     image = work / "image"
-    make_squashfs(root, image, epoch=plan.epoch, all_root=plan.recipe.kind == "pod")
+    make_squashfs(root, image, epoch=plan.epoch, all_root=plan.recipe.kind == "pod",
+                  compression=plan.recipe.compression)
     shutil.rmtree(root)
     steps("append the verity tree")
     params = seal(image)

@@ -148,6 +148,7 @@ class Recipe:
     trust_keys: tuple[Path, ...] = ()
     pod: Pod | None = None
     extra_inputs: tuple[Path, ...] = field(default=(), compare=False)
+    compression: str = "zstd"  # the squashfs compressor (lz4 decompresses fastest at boot)
 
     def with_trust_keys(self, keys: tuple[Path, ...]) -> Recipe:
         """A copy whose trust roots are ``keys`` (tests and ``--trust-key``)."""
@@ -264,7 +265,8 @@ def is_url(text: str) -> bool:
 
 TOP_KEYS = {"format", "kind", "name", "version", "description", "source_date_epoch", "packages",
             "exclude", "alpine", "debian", "tree", "file", "group", "user", "kernel", "bay0",
-            "trust", "pod"}
+            "trust", "pod", "compression"}
+COMPRESSIONS = ("lz4", "zstd", "xz", "gzip")  # mksquashfs -comp names
 
 
 MIRROR_ENV = "SPINE_ALPINE_MIRROR"
@@ -500,7 +502,16 @@ def parse_recipe(data: bytes, *, label: str, base: Path, path: Path | None = Non
         bay0=_bay0(c, doc["bay0"]) if "bay0" in doc else None,
         trust_keys=_trust(c, doc["trust"]) if "trust" in doc else (),
         pod=_pod(c, doc["pod"]) if "pod" in doc else None,
+        compression=_compression(c, doc.get("compression", "zstd")),
     )
+
+
+def _compression(c: _Checker, value: Any) -> str:
+    name = c.string(value, "compression")
+    if name not in COMPRESSIONS:
+        raise ValidationError(f"{c.label}: compression: {name!r} is not one of {', '.join(COMPRESSIONS)}",
+                              "use lz4 (fastest to boot) or zstd/xz (smaller images)")
+    return name
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -33,6 +33,7 @@ def make_squashfs(
     *,
     epoch: int | None = None,
     all_root: bool = True,
+    compression: str = COMPRESSOR,
 ) -> int:
     """Write a squashfs of ``src_dir`` to ``out`` (replaced) and return its size in bytes.
 
@@ -47,7 +48,7 @@ def make_squashfs(
     argv = [
         "mksquashfs", str(src), str(out_path),
         "-noappend", "-reproducible", "-no-xattrs", "-quiet", "-no-progress",
-        "-comp", COMPRESSOR, "-b", "131072",
+        "-comp", compression, "-b", "131072",
         "-mkfs-time", str(when), "-all-time", str(when),
     ]
     if all_root:

@@ -118,6 +118,8 @@ def test_root_tree_layout(built) -> None:
     assert any(p.startswith("/boot/vmlinuz-") for p in paths)
     assert any(p.endswith("/dm-verity.ko") for p in paths)
     assert not any(p.startswith("/usr/share/doc/") for p in paths)
+    with open(where / "one.spine", "rb") as f:  # the recipe's compressor (squashfs ids: lz4 = 5)
+        assert int.from_bytes(f.read(96)[20:22], "little") == 5
 
 
 def test_bay0_imports_in_the_spine_root(built) -> None:

@@ -117,12 +117,21 @@ def test_digest_is_of_the_bytes(base: Path) -> None:
          'recipe.toml: alpine.repositories[0]: "main" names a repository, but alpine.mirror is not set'),
         (('name = "demo"', 'name = "demo"\nformat = 2'), "recipe.toml: format: recipe format 2 is not supported"),
         (('name = "demo"', 'name = "demo'), "recipe.toml: invalid TOML"),
+        (('name = "demo"', 'name = "demo"\ncompression = "lzma"'),
+         "recipe.toml: compression: 'lzma' is not one of lz4, zstd, xz, gzip"),
     ],
 )
 def test_bad_recipes_name_the_field(base: Path, edit: tuple[str, str], expected: str) -> None:
     old, new = edit
     assert old in POD
     assert error_of(POD.replace(old, new), base).startswith(expected)
+
+
+def test_compression_defaults_to_zstd_and_the_spines_choose_lz4(base: Path, alpine: Path) -> None:
+    assert parse(POD, base).compression == "zstd"
+    assert parse(POD.replace('name = "demo"', 'name = "demo"\ncompression = "xz"'), base).compression == "xz"
+    for name in ("spine-test.toml", "spine-production.toml"):
+        assert load_recipe(recipes_dir() / name).compression == "lz4"
 
 
 def test_spine_recipe_needs_bay0_and_trust(base: Path) -> None:
