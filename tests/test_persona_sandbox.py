@@ -258,6 +258,7 @@ def test_launch_failure_names_the_step(world) -> None:
     dict(binds=(Bind("../etc", "/mnt"),)), dict(binds=(Bind("/etc", "/mnt"),)),
     dict(binds=(Bind("data", "/proc/x"),)), dict(binds=(Bind("data", "/"),)),
     dict(cwd="tmp"), dict(env={"A=B": "c"}), dict(env={"A": "b\0"}), dict(argv=("/bin/true", "\0")),
+    dict(env={"": "x"}), dict(env={"A\0": "x"}), dict(root="var/root"), dict(persist="persist"),
 ])
 def test_bad_spec_is_refused_before_anything_happens(world, bad) -> None:
     spec = make_spec(world, "/bin/true")

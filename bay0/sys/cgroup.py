@@ -102,18 +102,18 @@ class Cgroup:
         self.path = path
 
     @classmethod
-    def create(cls, parent: Path, name: str, ceilings: object | None) -> Cgroup:
+    def create(cls, parent: Path | str, name: str, ceilings: object | None) -> Cgroup:
         """Make ``parent/name`` and apply ``ceilings``; raises ``CgroupError`` (nothing left behind)."""
         if ceilings is not None:
-            missing = needed_controllers(ceilings) - available_controllers(parent)
+            missing = needed_controllers(ceilings) - available_controllers(Path(parent))
             if missing:
                 raise CgroupError(f"cgroup {parent} does not delegate {', '.join(sorted(missing))}")
-        path = parent / name
+        path = os.path.join(parent, name)  # one Path below, not two: this runs at every launch
         try:
             os.mkdir(path, 0o755)
         except OSError as e:
             raise CgroupError(f"cannot create cgroup {path}: {e.strerror}") from e
-        group = cls(path)
+        group = cls(Path(path))
         try:
             for file, value in (ceiling_writes(ceilings) if ceilings else []):
                 group.write(file, value)
