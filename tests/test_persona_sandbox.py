@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 from dataclasses import replace
@@ -420,3 +421,27 @@ def test_setup_death_by_any_signal_is_described() -> None:
     assert persona_mod._describe(9) == "killed by SIGKILL"
     assert persona_mod._describe(40) == "killed by 40"  # a real-time signal has no enum name
     assert persona_mod._describe(3 << 8) == "exit status 3"
+
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "launch.py"
+
+
+def test_launch_benchmark_forks_a_process_shaped_like_bay0() -> None:
+    """Our launcher forks its caller, whose size it pays for: benchmarks/launch.py must
+    not import its own tools (tarfile, argparse, the pipeline) into the process that
+    launches, only bay0's modules."""
+    code = ("import runpy, sys\n"
+            f"runpy.run_path({str(BENCHMARK)!r}, run_name='not_main')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tarfile', 'argparse', 'pipeline', 'statistics', 'tempfile')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_launch_benchmark_measures_both_launchers(world) -> None:
+    require_tool("bwrap")
+    out = subprocess.run([sys.executable, str(BENCHMARK), "--measure", str(world["root"]), shutil.which("bwrap"), "2"],
+                         check=True, capture_output=True, text=True).stdout
+    lines = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()}
+    assert sorted(lines) == ["bwrap", "ours"]
+    assert all(len(values) == 3 and all(v > 0 for v in values) for values in lines.values())  # CPU, 2 runs
