@@ -47,13 +47,12 @@ _IFREQ_LO_UP = ctypes.create_string_buffer(struct.pack("16sH22x", b"lo", IFF_UP_
 # What the child calls, bound here once: a global name is one dict lookup, while
 # ``module.attr`` in never-warmed code also misses the type cache (a write, so a
 # copied page) every time. See run_child().
-_prctl, _mount, _umount2, _socket, _ioctl, _syscall = (
-    LIBC.prctl, LIBC.mount, LIBC.umount2, LIBC.socket, LIBC.ioctl, LIBC.syscall)
+_mount, _umount2, _socket, _ioctl, _syscall = LIBC.mount, LIBC.umount2, LIBC.socket, LIBC.ioctl, LIBC.syscall
 # Private function objects without argtypes, for calls whose arguments are all small
-# ints or bytes: ctypes then converts each in place instead of allocating an object
-# per argument through the argtype's from_param (about half the cost of each call;
-# libffi widens an int to the full register). 41 prctl calls drop the bounding set.
-_prctl_ints, _sethostname = LIBC["prctl"], LIBC["sethostname"]
+# ints or ctypes buffers: ctypes then converts each in place instead of allocating an
+# object per argument through the argtype's from_param (about half the cost of each
+# call; libffi widens an int to the full register). 48 prctl calls per launch.
+_prctl, _sethostname = LIBC["prctl"], LIBC["sethostname"]
 _sigmask, _set_wakeup_fd, _signal_set = _signal.pthread_sigmask, _signal.set_wakeup_fd, _signal.signal
 _umask, _mknod, _symlink, _lstat, _access, F_OK = os.umask, os.mknod, os.symlink, os.lstat, os.access, os.F_OK
 _chdir, _setsid, _dup2, _close, _write, _read, _pipe = (
@@ -78,7 +77,6 @@ FD_4, FD_MAX = ctypes.c_long(4), ctypes.c_long(0xFFFFFFFF)
 ZERO, SECCOMP_SET_MODE_FILTER = ctypes.c_long(0), ctypes.c_long(SECCOMP_SET_MODE_FILTER)
 _CAP_HEADER, _CAP_EMPTY = caps.capset_args()
 _COMM = ctypes.create_string_buffer(b"persona-init")
-_COMM_ADDR = ctypes.addressof(_COMM)
 # mount flags of each step (bay0.sys.rootfs explains the choices)
 MS_REC_PRIVATE, MS_BIND, MS_BIND_REC = m.MS_REC | m.MS_PRIVATE, m.MS_BIND, m.MS_BIND | m.MS_REC
 NOSUID_NODEV_NOEXEC = rootfs.NOSUID_NODEV_NOEXEC
@@ -194,7 +192,7 @@ def _child_main(plan: Plan, args: tuple, step: list[str]) -> int:
      seccomp_prog, ignored) = args
     (dev, dev_nodes, dev_links, proc, proc_masked, proc_readonly, dev_null) = layout
     step[0] = "signals"
-    _prctl(PR_SET_NAME, _COMM_ADDR, 0, 0, 0)
+    _prctl(PR_SET_NAME, _COMM, 0, 0, 0)
     _sigmask(SIG_SETMASK, ())
     _set_wakeup_fd(-1)
     if plan.join_cgroup:  # no clone3: move in, then root a cgroup namespace here
@@ -276,7 +274,7 @@ def _child_main(plan: Plan, args: tuple, step: list[str]) -> int:
         close_range(4)  # before Linux 5.9: the slow fallback
     step[0] = "bounding-set"  # minijail's order, see bay0.sys.caps
     for cap in caps_range:
-        if _prctl_ints(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+        if _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
             raise _fail(b"prctl(PR_CAPBSET_DROP)")
     if _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0:
         raise _fail(b"prctl(PR_CAP_AMBIENT)")
