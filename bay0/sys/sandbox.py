@@ -39,20 +39,20 @@ FORWARDED = tuple(int(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
 # and each object touched after the fork is a page copied.
 SIG_DFL, SIG_IGN, SIG_SETMASK = int(signal.SIG_DFL), int(signal.SIG_IGN), int(signal.SIG_SETMASK)
 SIGKILL = int(signal.SIGKILL)
-LIBC.socket.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-LIBC.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 # ``ip link set lo up`` by ioctl on a ctypes socket (no socket object)
 _IFREQ_LO_UP = ctypes.create_string_buffer(struct.pack("16sH22x", b"lo", IFF_UP_LOOPBACK_RUNNING), 40)
 
 # What the child calls, bound here once: a global name is one dict lookup, while
 # ``module.attr`` in never-warmed code also misses the type cache (a write, so a
 # copied page) every time. See run_child().
-_mount, _umount2, _socket, _ioctl, _syscall = LIBC.mount, LIBC.umount2, LIBC.socket, LIBC.ioctl, LIBC.syscall
-# Private function objects without argtypes, for calls whose arguments are all small
-# ints or ctypes buffers: ctypes then converts each in place instead of allocating an
-# object per argument through the argtype's from_param (about half the cost of each
-# call; libffi widens an int to the full register). 48 prctl calls per launch.
-_prctl, _sethostname = LIBC["prctl"], LIBC["sethostname"]
+# Private function objects without argtypes (LIBC.x would be the shared, typed ones):
+# every argument here is a small int, bytes, None or a ctypes buffer, which ctypes
+# converts in place, where an argtype's from_param allocates an object per argument
+# (about half the cost of each call; libffi widens an int to the full register).
+# 48 prctl and ~20 mount calls per launch.
+_prctl, _mount, _umount2, _sethostname, _socket, _ioctl = (
+    LIBC["prctl"], LIBC["mount"], LIBC["umount2"], LIBC["sethostname"], LIBC["socket"], LIBC["ioctl"])
+_syscall = LIBC.syscall
 _sigmask, _set_wakeup_fd, _signal_set = _signal.pthread_sigmask, _signal.set_wakeup_fd, _signal.signal
 _umask, _mknod, _symlink, _lstat, _access, F_OK = os.umask, os.mknod, os.symlink, os.lstat, os.access, os.F_OK
 _chdir, _setsid, _dup2, _close, _write, _read, _pipe = (
