@@ -280,6 +280,17 @@ def test_blank_luks_and_ext4_probes(applets: Path, tmp_path: Path) -> None:
               f"! is_luks {blank} && has_ext4 {ext4} && ! has_ext4 {blank} && echo ok")
     proc = sh(applets, script)
     assert proc.stdout.decode().strip() == "ok", proc.stderr
+    # near misses: one byte off, and a NUL where a shell might drop it and close the gap
+    for name, head in {"off": b"LUKS\xba\xbf", "nul": b"LUKS\x00\xba\xbe", "short": b"LUKS"}.items():
+        (tmp_path / name).write_bytes(head + (bytes(8) if name != "short" else b""))
+        assert sh(applets, f"is_luks {tmp_path / name}").returncode != 0, name
+    near = bytearray(bytes(4096))
+    near[1080:1082] = b"S\xee"
+    (tmp_path / "near-ext4").write_bytes(bytes(near))
+    near[1080:1082] = b"\x00S"
+    (tmp_path / "nul-ext4").write_bytes(bytes(near))
+    for name in ("near-ext4", "nul-ext4"):
+        assert sh(applets, f"has_ext4 {tmp_path / name}").returncode != 0, name
 
 
 def test_luks_label_is_read_from_the_header(applets: Path, tmp_path: Path) -> None:
