@@ -1,17 +1,20 @@
 """Streaming large images onto devices and partitions: aligned, direct, durable.
 
-Writes go through O_DIRECT with a page-aligned buffer (as ``dd oflag=direct`` does),
-falling back to buffered writes where the filesystem refuses O_DIRECT (tmpfs).
-The caller gets progress callbacks per chunk and a final fsync; the read-back that
-verifies the slot lives in ``writeverify.py``.
+Writes go through O_DIRECT (as ``dd oflag=direct`` does), straight from a read-only
+mapping of the source file: the kernel takes the source's page-cache pages as the
+write buffer, so nothing is copied through user space. Where the filesystem refuses
+O_DIRECT (tmpfs) the writes fall back to buffered I/O. The caller gets progress
+callbacks per chunk, optional intermediate ``fdatasync`` calls and a final fsync; the
+read-back that verifies the slot lives in ``writeverify.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from bay0.errors import DiskError
 
@@ -53,6 +56,37 @@ class _Target:
         os.close(self.fd)
 
 
+@contextlib.contextmanager
+def _mapped(src: str, length: int) -> Iterator[memoryview]:
+    """The first ``length`` bytes of ``src``, mapped read-only (page aligned, as O_DIRECT needs).
+
+    Only the kernel touches the mapping (as a write buffer): a source truncated meanwhile
+    makes a write fail with EFAULT instead of raising SIGBUS in this process.
+    """
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise DiskError(f"{src}: cannot open ({e.strerror})", "check the path and permissions") from e
+    try:
+        size = os.fstat(fd).st_size
+        if size < length:
+            raise DiskError(f"{src} ended after {size} of {length} bytes",
+                            "the Spine file is truncated: copy it again")
+        if not length:
+            yield memoryview(b"")
+            return
+        mapping = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    mapping.madvise(mmap.MADV_SEQUENTIAL)
+    view = memoryview(mapping)
+    try:
+        yield view
+    finally:
+        view.release()
+        mapping.close()
+
+
 def stream_copy(
     src: str,
     dest: str,
@@ -61,39 +95,39 @@ def stream_copy(
     length: int,
     progress: Callable[[int], None] | None = None,
     chunk_done: Callable[[int, int], None] | None = None,
+    sync_every: int | None = None,
 ) -> None:
     """Copy the first ``length`` bytes of ``src`` to ``dest`` at ``dest_offset``, then fsync.
 
     ``chunk_done(pos, n)`` is called after each chunk reached the medium (O_DIRECT) or
     the page cache (buffered fallback; the reader then drops it before reading back).
+    ``sync_every`` (bytes) adds an ``fdatasync`` whenever that much was written since
+    the last one, so no flush (the final fsync included) has much to push: a device with
+    a large volatile cache (a loop device's backing file) otherwise takes one long flush
+    at the end, and reads queued behind it wait for all of it.
 
-    Raises ``DiskError`` on any I/O error (short source, device gone, out of space).
+    Raises ``DiskError`` on any I/O error (short source, device gone, out of space);
+    a source shorter than ``length`` is refused before anything is written.
     """
-    target = _Target(dest)
-    buffer = mmap.mmap(-1, CHUNK)  # page aligned, as O_DIRECT requires
-    view = memoryview(buffer)
     done = 0
-    try:
-        with open(src, "rb", buffering=0) as source:
+    with _mapped(src, length) as source:
+        target = _Target(dest)
+        synced = 0
+        try:
             while done < length:
                 want = min(CHUNK, length - done)
-                got = source.readinto(view[:want])
-                if got != want:
-                    raise DiskError(f"{src} ended after {done + (got or 0)} of {length} bytes",
-                                    "the Spine file is truncated: copy it again")
-                target.pwrite_all(view[:want], dest_offset + done)
-                if not target.direct:
-                    os.fdatasync(target.fd)  # so a read-back sees the medium, not memory
+                target.pwrite_all(source[done:done + want], dest_offset + done)
+                if not target.direct or (sync_every and done + want - synced >= sync_every):
+                    os.fdatasync(target.fd)  # buffered: so a read-back sees the medium, not memory
+                    synced = done + want
                 if chunk_done:
                     chunk_done(done, want)
                 done += want
                 if progress:
                     progress(want)
-        os.fsync(target.fd)
-    except OSError as e:
-        raise DiskError(f"{dest}: write failed at byte {dest_offset + done} ({e.strerror})",
-                        "check the device (dmesg); the slot stays invalid until a flash succeeds") from e
-    finally:
-        view.release()
-        buffer.close()
-        target.close()
+            os.fsync(target.fd)
+        except OSError as e:
+            raise DiskError(f"{dest}: write failed at byte {dest_offset + done} ({e.strerror})",
+                            "check the device (dmesg); the slot stays invalid until a flash succeeds") from e
+        finally:
+            target.close()

@@ -1,12 +1,17 @@
 """Write a verity image into a slot and verify the read-back bytes while it streams.
 
-A writer thread streams the image with aligned O_DIRECT writes; as each chunk lands,
-the main thread reads it back from the medium (O_DIRECT, so never from the page
-cache) and hashes its data blocks. When the write is done and synced, the tree is
-rebuilt from the read-back data and must reproduce the signed root hash, and the
-read-back hash area must equal the rebuilt one byte for byte (the kernel will check
-those blocks at runtime). Writing and verifying overlap, so the whole flash costs
-about one write.
+A writer thread streams the image with aligned O_DIRECT writes (and an ``fdatasync``
+every ``SYNC_EVERY`` bytes); as each chunk lands, a reader thread reads it back from
+the medium (O_DIRECT, so never from the page cache) and the calling thread hashes its
+data blocks. When the write is done and synced, the tree is rebuilt from the
+read-back data and must reproduce the signed root hash, and the read-back hash area
+must equal the rebuilt one byte for byte (the kernel will check those blocks at
+runtime). Writing and verifying overlap, so the whole flash costs about one write.
+
+Nothing waits for the hasher but the reader, and only once ``READ_AHEAD`` chunks of
+read-back data are waiting to be hashed: the writer never waits, so the medium stays
+busy. The pool of read-back buffers grows only while hashing lags (on a slow medium
+it stays at one or two chunks).
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ from bay0.formats.verity import hash_blocks as hash_data_blocks
 from pipeline.disk import blockio
 
 HINT = "the medium did not keep what was written: try another device; the slot stays invalid"
+READ_AHEAD = 16  # chunks read back but not yet hashed, at most (16 x 8 MiB)
+SYNC_EVERY = 64 * 1024 * 1024  # bytes written between two fdatasync calls
+
+
+class _Stopped(Exception):
+    """The verifying side gave up: the writer stops at the next chunk."""
 
 
 def _reader(dest: str) -> tuple[int, bool]:
@@ -45,33 +56,54 @@ def _reader(dest: str) -> tuple[int, bool]:
 
 
 class _Writer(threading.Thread):
-    """Streams ``length`` bytes of ``src`` into ``dest`` and announces each written chunk."""
+    """Streams ``length`` bytes of ``src`` into ``dest`` and announces each written chunk.
+
+    The queue of written chunks is unbounded (it holds positions, not data): the
+    writer never waits for the verifying side, only stops when ``stop`` is set.
+    """
 
     def __init__(self, src: str, dest: str, dest_offset: int, length: int) -> None:
         super().__init__(name="spine-writer", daemon=True)
         self.src, self.dest, self.offset, self.length = src, dest, dest_offset, length
-        self.chunks: queue.Queue[tuple[int, int] | BaseException | None] = queue.Queue(maxsize=8)
+        self.chunks: queue.Queue[tuple[int, int] | BaseException | None] = queue.Queue()
+        self.stop = threading.Event()
+
+    def _written(self, pos: int, n: int) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+        self.chunks.put((pos, n))
 
     def run(self) -> None:
         try:
             blockio.stream_copy(self.src, self.dest, dest_offset=self.offset, length=self.length,
-                                chunk_done=lambda pos, n: self.chunks.put((pos, n)))
+                                chunk_done=self._written, sync_every=SYNC_EVERY)
             self.chunks.put(None)
         except BaseException as e:  # handed to the verifying thread, which re-raises it
             self.chunks.put(e)
 
 
 class _ReadBack(threading.Thread):
-    """Reads each written chunk back into a free buffer while the caller hashes the last one."""
+    """Reads each written chunk back into a free buffer while the caller hashes earlier ones.
 
-    def __init__(self, dest: str, dest_offset: int, written: queue.Queue, buffers: int = 3) -> None:
+    Buffers are made when none is free, up to ``buffers``; then the reader waits for
+    the hasher to hand one back.
+    """
+
+    def __init__(self, dest: str, dest_offset: int, written: queue.Queue, buffers: int) -> None:
         super().__init__(name="spine-readback", daemon=True)
-        self.dest, self.offset, self.written = dest, dest_offset, written
-        self.maps = [mmap.mmap(-1, blockio.CHUNK) for _ in range(buffers)]
+        self.dest, self.offset, self.written, self.buffers = dest, dest_offset, written, buffers
+        self.maps: list[mmap.mmap] = []
         self.free: queue.Queue[int] = queue.Queue()
-        for index in range(buffers):
-            self.free.put(index)
         self.ready: queue.Queue[tuple[int, int, int] | BaseException | None] = queue.Queue()
+
+    def _buffer(self) -> int:
+        try:
+            return self.free.get_nowait()
+        except queue.Empty:
+            if len(self.maps) >= self.buffers:
+                return self.free.get()
+        self.maps.append(mmap.mmap(-1, blockio.CHUNK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+        return len(self.maps) - 1
 
     def run(self) -> None:
         try:
@@ -81,7 +113,7 @@ class _ReadBack(threading.Thread):
                     if isinstance(item, BaseException):
                         raise item
                     pos, n = item
-                    index = self.free.get()
+                    index = self._buffer()
                     with memoryview(self.maps[index]) as view:
                         _read_back(fd, direct, self.dest, view, self.offset + pos, n)
                     self.ready.put((pos, n, index))
@@ -113,7 +145,7 @@ def write_verified(
     """
     salt = params.salt_bytes
     writer = _Writer(src, dest, dest_offset, length)
-    reader = _ReadBack(dest, dest_offset, writer.chunks)
+    reader = _ReadBack(dest, dest_offset, writer.chunks, READ_AHEAD)
     digests, area = bytearray(), bytearray()
     writer.start()
     reader.start()
@@ -136,6 +168,7 @@ def write_verified(
 
 def _drain(writer: _Writer, reader: _ReadBack) -> None:
     """Stop both threads whatever happened (an error leaves them blocked on queues)."""
+    writer.stop.set()  # after an error the rest of the image need not be written
     while writer.is_alive() or reader.is_alive():
         for q in (writer.chunks, reader.ready):
             with contextlib.suppress(queue.Empty):
