@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,11 +42,21 @@ def world(alpine: Path):
     """
     require_root()
     require_tool("gcc")
+    _let_other_threads_end()
     base = Path(tempfile.mkdtemp(prefix="sandbox-test-", dir="/var/tmp"))
     try:
         yield _make_world(base, alpine)
     finally:
         shutil.rmtree(base)
+
+
+def _let_other_threads_end(timeout: float = 30.0) -> None:
+    """The launcher refuses to fork a threaded process, and QEMU tests earlier in the
+    session leave timer threads behind for a few seconds (pipeline.qemu's killer)."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _make_world(base: Path, alpine: Path) -> dict[str, Path]:
