@@ -76,6 +76,20 @@ def test_a_short_source_is_refused_before_anything_is_written(tmp_path, monkeypa
     assert Path(dest).read_bytes() == bytes(4 * 1024 * 1024)
 
 
+def test_a_source_truncated_while_it_is_copied_fails_cleanly(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(blockio, "CHUNK", CHUNK)
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(1024 * 1024))
+    dest = blank(tmp_path / "disk", 2 * 1024 * 1024)
+
+    def cut(pos: int, n: int) -> None:  # the mapped pages past 2 chunks disappear
+        if pos == 0:
+            os.truncate(src, 2 * CHUNK)
+
+    with pytest.raises(DiskError, match=f"write failed at byte {2 * CHUNK} "):
+        blockio.stream_copy(str(src), dest, dest_offset=0, length=1024 * 1024, chunk_done=cut)
+
+
 def _track_pool(monkeypatch) -> list[int]:
     sizes: list[int] = []
     real = writeverify._ReadBack.close

@@ -75,7 +75,11 @@ def _mapped(src: str, length: int) -> Iterator[memoryview]:
         if not length:
             yield memoryview(b"")
             return
-        mapping = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+        try:
+            mapping = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+        except OSError as e:
+            raise DiskError(f"{src}: cannot map it for reading ({e.strerror})",
+                            "copy the Spine file to a local filesystem") from e
     finally:
         os.close(fd)
     mapping.madvise(mmap.MADV_SEQUENTIAL)
@@ -84,7 +88,8 @@ def _mapped(src: str, length: int) -> Iterator[memoryview]:
         yield view
     finally:
         view.release()
-        mapping.close()
+        with contextlib.suppress(BufferError):  # a slice held by an error's traceback:
+            mapping.close()                     # the map goes when that does
 
 
 def stream_copy(
