@@ -55,7 +55,7 @@ class VmConfig:
     append: str = DEFAULT_APPEND
     ovmf: bool = False
     memory_mib: int = 512
-    cpus: int = 1
+    cpus: int = 2  # the initramfs unlocks persist beside opening the root: two chains
     timeout: float = 120.0
     no_reboot: bool = True
     watchdog: bool = True

@@ -46,6 +46,7 @@ def vm_cmd(
     ovmf: Annotated[bool, typer.Option("--ovmf", help="Boot through OVMF from the ESP (default without --kernel).")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds before the VM is killed (0: no limit).")] = 600.0,
     memory: Annotated[int, typer.Option("--memory", help="Guest memory in MiB.")] = 512,
+    cpus: Annotated[int, typer.Option("--cpus", min=1, max=16, help="Guest CPUs.")] = 2,
     snapshot: Annotated[bool, typer.Option("--snapshot", help="Discard the guest's disk writes.")] = False,
     allow_reboot: Annotated[bool, typer.Option("--allow-reboot", help="Let the guest reboot instead of ending the VM.")] = False,
     until: Annotated[str | None, typer.Option("--until", help="Stop when a console line matches this regex.")] = None,
@@ -63,7 +64,7 @@ def vm_cmd(
         _refuse_mounted(disk)
     cfg = qemu.VmConfig(
         disk=disk, kernel=kernel, initrd=initrd, append=append, ovmf=kernel is None,
-        memory_mib=memory, timeout=timeout or 10**9, no_reboot=not allow_reboot,
+        memory_mib=memory, cpus=cpus, timeout=timeout or 10**9, no_reboot=not allow_reboot,
         snapshot=snapshot, console_log=console_log, echo=not json_out,
         interactive=sys.stdin.isatty() and not json_out,
     )

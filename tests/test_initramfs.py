@@ -366,6 +366,17 @@ def test_qemu_argv_direct_boot_has_watchdog_and_no_reboot(tmp_path: Path) -> Non
     joined = " ".join(argv)
     assert "-no-reboot" in argv and "i6300esb" in argv and "watchdog=reset" in argv
     assert f"file={disk},format=raw,if=virtio" in joined and "-kernel" in argv and "-initrd" in argv
+    assert argv[argv.index("-smp") + 1] == "2"  # /init runs persist beside the root: two cores
+
+
+def test_init_unlocks_persist_beside_the_slot_and_moves_it_under_the_root() -> None:
+    init = (PROJECT_ROOT / "initramfs" / "init").read_text()
+    main = init[init.index('say "starting'):]
+    job, rest = main.index("setup_persist"), main.index("boot_slot\n")
+    assert main.rindex("&", 0, rest) > job  # the persist job is started before boot_slot...
+    assert "wait \"$PERSIST_JOB\"" in main[rest:]  # ...and waited for before the hand-over
+    assert main.index('mount --move "$PERSIST_AT" /sysroot/persist') < main.index("hand_over")
+    assert "trap - EXIT INT TERM HUP QUIT" in main[:rest]  # only the main shell powers off
 
 
 def test_qemu_needs_something_to_boot(tmp_path: Path) -> None:
