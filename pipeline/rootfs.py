@@ -426,6 +426,71 @@ def compile_python(root: Path, trees: Sequence[str]) -> None:
         env={"PYTHONHASHSEED": "0"})
 
 
+PREFETCH_LIST = "etc/spine/prefetch"
+_PREFETCH_PATH = re.compile(r"[A-Za-z0-9._+-][A-Za-z0-9._+/-]*")  # what initramfs prefetch() reads
+
+# Run by the image's Python version on the build host: import what bay0 imports before
+# READY and name, per module, where its code comes from (stdlib-relative or bay0's).
+_BOOT_IMPORTS = r"""
+import sys, sysconfig
+sys.path.insert(0, sys.argv[1])
+stdlib = sysconfig.get_paths()["stdlib"] + "/"
+before = set(sys.modules)
+import bay0.main  # noqa: F401
+for name in sorted(set(sys.modules) - before | {"encodings", "encodings.aliases", "encodings.utf_8"}):
+    origin = getattr(getattr(sys.modules.get(name), "__spec__", None), "origin", None) or ""
+    if origin.startswith(sys.argv[1] + "/"):
+        print("bay0", origin[len(sys.argv[1]) + 1:])
+    elif origin.startswith(stdlib):
+        print("stdlib", origin[len(stdlib):])
+"""
+
+
+def prefetch_list(root: Path, python: str, version: str) -> list[str]:
+    """Root-relative real paths of what bay0's first seconds read: the interpreter and
+    its libraries (ELF closure), and the compiled modules ``bay0.main`` imports.
+
+    The initramfs reads them into the page cache on the core that is otherwise idle
+    while /persist unlocks (``/etc/spine/prefetch``, one path per line). Uses a host
+    interpreter of the image's Python version, like ``compile_python``.
+    """
+    from pipeline.elf import closure, resolve_in_root
+
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    host = sys.executable if here == version else shutil.which(f"python{version}")
+    if host is None:
+        raise ToolError(f"python{version} is needed to list what bay0 imports at boot",
+                        f"install python{version} on the build host")
+    paths: dict[str, None] = {}
+    for program in closure(root, [python]):
+        paths[str(resolve_in_root(root, program).relative_to(root))] = None
+    tag = f"cpython-{version.replace('.', '')}"
+    out = run([host, "-IS", "-c", _BOOT_IMPORTS, str(root / BAY0_DIR)], env={"PYTHONHASHSEED": "0"})
+    for line in out.stdout.decode().splitlines():
+        kind, rel = line.split(" ", 1)
+        base = BAY0_DIR if kind == "bay0" else f"usr/lib/python{version}"
+        source = Path(base) / rel
+        compiled = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+        for candidate in (compiled, source) if source.suffix == ".py" else (source,):
+            if (root / candidate).is_file() and not (root / candidate).is_symlink():
+                paths[str(candidate)] = None
+                break
+    bad = [p for p in paths if not _PREFETCH_PATH.fullmatch(p) or ".." in p.split("/")]
+    if bad:  # /init skips what it cannot pass to cat safely; say so here instead
+        raise ValidationError(f"prefetch path {bad[0]!r} has characters /init does not read",
+                              "keep image paths to [A-Za-z0-9._+/-]")
+    return list(paths)
+
+
+def write_prefetch_list(root: Path, python: str) -> None:
+    version = target_python_version(root)
+    if version is None:
+        raise NotFoundError("no /usr/lib/python3.X in the image", "install the Python runtime first")
+    target = root / PREFETCH_LIST
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(f"{p}\n" for p in prefetch_list(root, python, version)))
+
+
 def clamp_times(root: Path, epoch: int) -> None:
     """No time in the tree is later than ``epoch`` (links included, not followed)."""
     for dirpath, dirnames, filenames in os.walk(root):
@@ -476,6 +541,8 @@ def assemble_rootfs(plan: Plan, root: Path, *, build_id: str = "", step: Step | 
         install_bay0(plan, root, info)
         say("byte-compile Python")
         compile_python(root, [f"/{BAY0_DIR}", *recipe.bay0.compile])
+        say("list what bay0 reads first")
+        write_prefetch_list(root, recipe.bay0.python)
     else:
         make_mount_points(root, POD_MOUNT_POINTS)
     clamp_times(root, plan.epoch)

@@ -122,6 +122,21 @@ def test_root_tree_layout(built) -> None:
         assert int.from_bytes(f.read(96)[20:22], "little") == 5
 
 
+def test_prefetch_list_names_what_bay0_reads_first(built, tmp_path) -> None:
+    # /init reads these into the page cache while /persist unlocks (initramfs prefetch)
+    _, _, _, where = built
+    listing = set(run(["unsquashfs", "-l", "-d", "", str(where / "one.spine")]).stdout.decode().split())
+    run(["unsquashfs", "-q", "-d", str(tmp_path / "x"), str(where / "one.spine"), "etc/spine/prefetch"])
+    paths = (tmp_path / "x/etc/spine/prefetch").read_text().splitlines()
+    assert paths[0] == "usr/bin/python3.11"  # the interpreter itself, symlinks resolved
+    assert all("/" + p in listing for p in paths)  # every entry is a file of the image
+    assert "lib/x86_64-linux-gnu/libc.so.6" in paths and "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" in paths
+    for module in ("main", "log", "watchdog", "invariants", "pid1"):
+        assert f"usr/lib/bay0/bay0/__pycache__/{module}.cpython-311.pyc" in paths
+    assert "usr/lib/python3.11/encodings/__pycache__/aliases.cpython-311.pyc" in paths
+    assert not any("cryptography" in p or "/supervisor." in p for p in paths)  # only the boot path
+
+
 def test_bay0_imports_in_the_spine_root(built) -> None:
     _, _, _, where = built
     require_root()

@@ -293,6 +293,24 @@ def test_blank_luks_and_ext4_probes(applets: Path, tmp_path: Path) -> None:
         assert sh(applets, f"has_ext4 {tmp_path / name}").returncode != 0, name
 
 
+def test_prefetch_reads_only_plain_relative_paths_of_the_list(applets: Path, tmp_path: Path) -> None:
+    root, log = tmp_path / "sysroot", tmp_path / "cat.log"
+    (root / "etc/spine").mkdir(parents=True)
+    (root / "etc/spine/prefetch").write_text(
+        "usr/bin/python3.11\n/etc/shadow\n../escape\nusr/../etc/x\nhas space\n\n"
+        "lib/x86_64-linux-gnu/libc.so.6\nusr/lib/bay0/bay0/__pycache__/main.cpython-311.pyc\n")
+    fake_cat = f'cat() {{ pwd > {log}; echo "$@" >> {log}; }}\n'  # a function wins over applets
+    proc = sh(applets, fake_cat + f"prefetch {root} && echo ok")
+    assert proc.stdout.decode().strip() == "ok", proc.stderr
+    cwd, args = log.read_text().splitlines()
+    assert cwd == str(root)
+    assert args.split() == ["usr/bin/python3.11", "lib/x86_64-linux-gnu/libc.so.6",
+                            "usr/lib/bay0/bay0/__pycache__/main.cpython-311.pyc"]
+    log.unlink()
+    assert sh(applets, fake_cat + f"prefetch {tmp_path / 'none'} && echo ok").stdout.decode().strip() == "ok"
+    assert not log.exists()  # no list: nothing read, not a failure
+
+
 def test_luks_label_is_read_from_the_header(applets: Path, tmp_path: Path) -> None:
     require_tool("cryptsetup")
     volume, key = tmp_path / "persist", tmp_path / "key"

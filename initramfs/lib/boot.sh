@@ -132,6 +132,25 @@ verity_check_all() {
 	verity_close
 }
 
+# prefetch ROOT: read the files ROOT/etc/spine/prefetch lists (the interpreter bay0
+# runs on, its libraries, the modules it imports before READY; written by the
+# pipeline, one root-relative path per line) into the page cache. A hint only: the
+# reads go through dm-verity like any other, and a missing list or file is skipped.
+prefetch() {
+	[ -r "$1/etc/spine/prefetch" ] || return 0
+	(
+		cd "$1" || exit 0
+		set -f
+		_files=""
+		while IFS= read -r _p; do
+			case $_p in "" | /* | ../* | */../* | *[!A-Za-z0-9._+/-]*) continue ;; esac
+			_files="$_files $_p"
+		done <etc/spine/prefetch
+		[ -z "$_files" ] || cat $_files >/dev/null 2>&1
+	)
+	return 0
+}
+
 # is_blank DEV BYTES: true when the first BYTES of DEV are all zero.
 is_blank() {
 	[ "$(dd if="$1" bs="$2" count=1 2>/dev/null | tr -d '\000' | wc -c)" -eq 0 ]
