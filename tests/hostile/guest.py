@@ -33,8 +33,8 @@ from tests.hostile.world import Observation
 PERSONA_CASES = ("escape/memfd-exec",)
 # Fault injection in /init: a copy of initramfs/ with one line changed (the ESP is not
 # under dm-verity, so a tampered or buggy initramfs is a real threat). (old, new).
-PERSIST_FLAGS = ('mount -t ext4 -o nodev,nosuid,noexec "$_map" /sysroot/persist',
-                 'mount -t ext4 -o nodev "$_map" /sysroot/persist')
+PERSIST_FLAGS = ('mount -t ext4 -o nodev,nosuid,noexec "$_map" "$PERSIST_AT"',
+                 'mount -t ext4 -o nodev "$_map" "$PERSIST_AT"')
 # (the line sits in `if ! ...; then`: the replacement is one brace group)
 ROOT_WRITABLE = ('mount -t squashfs -o ro,nodev "/dev/mapper/$SPINE_ROOT_DM" /sysroot',
                  '{ mkdir -p /ro && mount -t squashfs -o ro,nodev "/dev/mapper/$SPINE_ROOT_DM" /ro && '
