@@ -120,9 +120,10 @@ def mark_slot_good(device: str, slot: str) -> MarkResult:
         if current.last_boot != slot:
             raise SlotStateError(f"boot control says the last boot was {current.last_boot}, "
                                  f"not {slot}", "refusing to mark a slot bay0 did not boot from")
-        if current.slot(slot).good and current.slot(slot).tries_left == bootctl.DEFAULT_TRIES:
+        marked = bootctl.mark_good(current, slot)
+        if marked == current:  # good with its tries full: nothing to write
             return MarkResult(None, current.seq, f"slot {slot} is already good")
-        offset, record = bootctl.plan_write(region, bootctl.mark_good(current, slot))
+        offset, record = bootctl.plan_write(region, marked)
         written = 0
         while written < len(record):
             written += os.pwrite(fd, record[written:], offset + written)
