@@ -402,6 +402,23 @@ def target_python_version(root: Path) -> str | None:
     return found[-1] if found else None
 
 
+def host_python(root: Path, purpose: str) -> tuple[str, str]:
+    """A build-host interpreter of the image's Python version, and that version.
+
+    Raises ``NotFoundError`` when the image has no Python, ``ToolError`` when the host
+    has no interpreter of its version.
+    """
+    version = target_python_version(root)
+    if version is None:
+        raise NotFoundError("no /usr/lib/python3.X in the image", "install the Python runtime first")
+    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    python = sys.executable if here == version else shutil.which(f"python{version}")
+    if python is None:
+        raise ToolError(f"python{version} is needed to {purpose} {version}",
+                        f"install python{version} on the build host")
+    return python, version
+
+
 def compile_python(root: Path, trees: Sequence[str]) -> None:
     """Byte-compile ``trees`` of the image (``unchecked-hash`` .pyc: no mtimes inside).
 
@@ -411,14 +428,7 @@ def compile_python(root: Path, trees: Sequence[str]) -> None:
     present = [t for t in trees if inside(root, t).is_dir()]
     if not present:
         return
-    version = target_python_version(root)
-    if version is None:
-        raise NotFoundError("no /usr/lib/python3.X in the image", "install the Python runtime first")
-    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    python = sys.executable if here == version else shutil.which(f"python{version}")
-    if python is None:
-        raise ToolError(f"python{version} is needed to byte-compile the image's Python {version}",
-                        f"install python{version} on the build host")
+    python, _ = host_python(root, "byte-compile the image's Python")
     # One process, files in compileall's sorted order: marshal output can depend on what
     # else a worker compiled before (refcounts decide FLAG_REF), so no -j.
     run([python, "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
@@ -446,7 +456,7 @@ for name in sorted(set(sys.modules) - before | {"encodings", "encodings.aliases"
 """
 
 
-def prefetch_list(root: Path, python: str, version: str) -> list[str]:
+def prefetch_list(root: Path, python: str) -> list[str]:
     """Root-relative real paths of what bay0's first seconds read: the interpreter and
     its libraries (ELF closure), and the compiled modules ``bay0.main`` imports.
 
@@ -456,11 +466,7 @@ def prefetch_list(root: Path, python: str, version: str) -> list[str]:
     """
     from pipeline.elf import closure, resolve_in_root
 
-    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    host = sys.executable if here == version else shutil.which(f"python{version}")
-    if host is None:
-        raise ToolError(f"python{version} is needed to list what bay0 imports at boot",
-                        f"install python{version} on the build host")
+    host, version = host_python(root, "list what bay0 imports at boot with Python")
     paths: dict[str, None] = {}
     for program in closure(root, [python]):
         paths[str(resolve_in_root(root, program).relative_to(root))] = None
@@ -483,12 +489,9 @@ def prefetch_list(root: Path, python: str, version: str) -> list[str]:
 
 
 def write_prefetch_list(root: Path, python: str) -> None:
-    version = target_python_version(root)
-    if version is None:
-        raise NotFoundError("no /usr/lib/python3.X in the image", "install the Python runtime first")
     target = root / PREFETCH_LIST
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("".join(f"{p}\n" for p in prefetch_list(root, python, version)))
+    target.write_text("".join(f"{p}\n" for p in prefetch_list(root, python)))
 
 
 def clamp_times(root: Path, epoch: int) -> None:
