@@ -40,7 +40,7 @@ def root_device(mountinfo: str = "/proc/self/mountinfo", sysfs: str = "/sys", de
     Raises ``FileNotFoundError`` when ``/`` is not on a dm-verity block device (then
     there is nothing bay0 could read end to end that would prove anything).
     """
-    from bay0.invariants import VERITY_UUID_PREFIX, parse_mountinfo, sys_dm_uuid
+    from bay0.invariants import VERITY_UUID_PREFIX, parse_mountinfo, read_uevent, sys_dm_uuid
 
     with open(mountinfo) as f:
         roots = [e for e in parse_mountinfo(f.read()) if e.mount_point == "/"]
@@ -51,13 +51,12 @@ def root_device(mountinfo: str = "/proc/self/mountinfo", sysfs: str = "/sys", de
     if uuid is None or not uuid.startswith(VERITY_UUID_PREFIX):
         raise FileNotFoundError(f"the root ({device}) is not on a dm-verity device")
     try:
-        with open(f"{sysfs}/dev/block/{device}/uevent") as f:
-            names = [line[len("DEVNAME="):].strip() for line in f if line.startswith("DEVNAME=")]
+        name = read_uevent(f"{sysfs}/dev/block/{device}/uevent").get("DEVNAME")
     except FileNotFoundError:
         raise FileNotFoundError(f"the root ({device}) is not on a block device") from None
-    if not names:
+    if not name:
         raise FileNotFoundError(f"the root's block device {device} has no DEVNAME")
-    return f"{dev}/{names[0]}"
+    return f"{dev}/{name}"
 
 
 def read_through(path: str, chunk: int = READ_CHUNK):

@@ -170,6 +170,12 @@ def sys_dm_uuid(device: str, sysfs: str = "/sys") -> str | None:
         return None
 
 
+def read_uevent(path: str) -> dict[str, str]:
+    """The ``KEY=value`` lines of a sysfs ``uevent`` file. Raises ``OSError``."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return dict(line.rstrip("\n").partition("=")[::2] for line in f)
+
+
 def sys_read_only(device: str, sysfs: str = "/sys") -> bool:
     """Whether block device ``major:minor`` is read-only (sysfs ``ro`` attribute)."""
     try:

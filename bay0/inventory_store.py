@@ -33,6 +33,7 @@ from typing import Any
 
 from bay0.atomic import fsync_dir, write_atomic
 from bay0.errors import FormatError, IdentityMismatchError, NotFoundError, VerificationError
+from bay0.invariants import read_uevent
 
 STORE = "/persist/spine"
 KEYS = "/etc/spine/keys"
@@ -344,8 +345,7 @@ def find_partition(name: str = STAGE_PARTNAME, sysfs: str = "/sys", dev: str = "
     base = os.path.join(sysfs, "class/block")
     for node in sorted(os.listdir(base)) if os.path.isdir(base) else []:
         try:
-            with open(os.path.join(base, node, "uevent"), encoding="utf-8", errors="replace") as f:
-                fields = dict(line.rstrip("\n").partition("=")[::2] for line in f)
+            fields = read_uevent(os.path.join(base, node, "uevent"))
         except OSError:
             continue
         if fields.get("PARTNAME") == name:
