@@ -141,12 +141,14 @@ prefetch() {
 	(
 		cd "$1" || exit 0
 		set -f
-		_files=""
+		_files="" _n=0
 		while IFS= read -r _p; do
 			case $_p in "" | /* | ../* | */../* | *[!A-Za-z0-9._+/-]*) continue ;; esac
 			_files="$_files $_p"
+			_n=$((_n + 1))
 		done <etc/spine/prefetch
 		[ -z "$_files" ] || cat $_files >/dev/null 2>&1
+		say "prefetch: $_n files read ahead"
 	)
 	return 0
 }

@@ -3,6 +3,8 @@ a disk image (pipeline.disk), boot it (direct kernel boot) → `bay0: READY slot
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bay0.formats.minisign import SecretKey
@@ -40,5 +42,8 @@ def test_real_bay0_reaches_ready_on_a_provisioned_disk(boot_kit, e2e_dir) -> Non
     print(f"\n[real bay0] READY after {result.matched_at}s wall")
     assert result.outcome == qemu.MATCHED, result.console[-2000:]
     assert "bay0: READY slot=A" in result.lines("bay0: ")
+    # /init read the Spine's prefetch list (interpreter, libraries, bay0's modules) ahead
+    prefetched = re.search(r"^spine-init: prefetch: (\d+) files read ahead", result.console, re.M)
+    assert prefetched and int(prefetched.group(1)) >= 10, result.console[-2000:]
     assert not [line for line in result.lines("bay0: ") if "VIOLATION" in line]
     disk.unlink()
