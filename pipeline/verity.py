@@ -97,8 +97,8 @@ def verify_image(
     salt = params.salt_bytes
     geometry = tree_geometry(params.data_blocks)
     area = _read_area(path, offset + params.hash_offset, geometry.area_size)
-    _check_superblock(path, area[:BLOCK_SIZE], params, offset)
-    expected = _verified_level0(path, area, geometry, params, offset)
+    check_superblock(path, area[:BLOCK_SIZE], params, offset)
+    expected = verified_level0(path, area, geometry, params, offset)
     # closing(): on the first bad block, stop the workers now rather than at garbage collection.
     with closing(_data_digests(path, offset, params.data_size, salt, progress)) as chunks:
         for start, digests in chunks:
@@ -251,42 +251,56 @@ def _read_into(fd: int, view: memoryview, pos: int) -> None:
         got += n
 
 
-def _verified_level0(
-    path: Path, area: memoryview, geometry: Geometry, params: VerityParams, offset: int
+def verified_level0(
+    path: PathLike, area: memoryview, geometry: Geometry, params: VerityParams, offset: int,
+    *, area_digests: memoryview | None = None, hint: str = CORRUPT_HINT,
 ) -> memoryview:
-    """Check the hash levels top down and return the trusted digests of the data blocks."""
+    """Check the hash levels of ``area`` top down; return the trusted digests of the data blocks.
+
+    ``area_digests`` holds the salted digest of every block of ``area`` when they are
+    computed already (``flash`` hashes each block as it is read back); else the levels
+    are hashed here. Raises ``CorruptionError`` naming the first bad hash block.
+    """
     salt = params.salt_bytes
+
+    def hashed(start: int, end: int) -> bytes | memoryview:
+        if area_digests is None:
+            return hash_blocks(area[start:end], salt)
+        return area_digests[start // BLOCK_SIZE * DIGEST_SIZE : end // BLOCK_SIZE * DIGEST_SIZE]
+
     if geometry.levels == 0:
         return memoryview(bytes.fromhex(params.root_hash))
     top_start, top_end = geometry.level_range(geometry.levels - 1)
-    if root_hash_of(area[top_start:top_end], salt) != params.root_hash:
+    if bytes(hashed(top_start, top_end)).hex() != params.root_hash:
         raise CorruptionError(
             f"{path}: top verity hash block (byte {offset + params.hash_offset + top_start}) "
             f"does not match root hash {params.root_hash}",
-            CORRUPT_HINT,
+            hint,
         )
     for level in reversed(range(geometry.levels - 1)):
         start, end = geometry.level_range(level)
         parent = geometry.level_range(level + 1)[0]
         stored = area[parent : parent + geometry.level_blocks[level] * DIGEST_SIZE]
-        bad = first_mismatch(hash_blocks(area[start:end], salt), stored)
+        bad = first_mismatch(hashed(start, end), stored)
         if bad is not None:
             where = offset + params.hash_offset + start + bad * BLOCK_SIZE
             raise CorruptionError(
                 f"{path}: verity hash block {bad} of level {level} (byte {where}) is corrupted",
-                CORRUPT_HINT,
+                hint,
             )
     start = geometry.level_range(0)[0]
     return area[start : start + geometry.data_blocks * DIGEST_SIZE]
 
 
-def _check_superblock(path: Path, block: memoryview, params: VerityParams, offset: int) -> None:
+def check_superblock(path: PathLike, block: memoryview, params: VerityParams, offset: int,
+                     *, hint: str = CORRUPT_HINT) -> None:
+    """The superblock must parse and record the data block count, salt and uuid of ``params``."""
     where = offset + params.hash_offset
     try:
         sb = parse_superblock(bytes(block))
     except FormatError as e:
         raise CorruptionError(
-            f"{path}: verity superblock at byte {where}: {e}", CORRUPT_HINT
+            f"{path}: verity superblock at byte {where}: {e}", hint
         ) from e
     recorded = (sb.data_blocks, sb.salt.hex(), str(uuid_module.UUID(sb.uuid)))
     expected = (params.data_blocks, params.salt, str(uuid_module.UUID(params.uuid)))
@@ -294,7 +308,7 @@ def _check_superblock(path: Path, block: memoryview, params: VerityParams, offse
         if got != want:
             raise CorruptionError(
                 f"{path}: verity superblock at byte {where} records {name} {got}, expected {want}",
-                CORRUPT_HINT,
+                hint,
             )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bay0.errors import CorruptionError, DiskError
+from bay0.formats.verity import BLOCK_SIZE
 from pipeline.disk import blockio, writeverify
 from pipeline.verity import append_tree
 
@@ -92,13 +94,13 @@ def test_a_source_truncated_while_it_is_copied_fails_cleanly(tmp_path, monkeypat
 
 def _track_pool(monkeypatch) -> list[int]:
     sizes: list[int] = []
-    real = writeverify._ReadBack.close
+    real = writeverify._HashPool.close
 
     def close(self) -> None:
-        sizes.append(len(self.maps))
+        sizes.append(self.created)
         real(self)
 
-    monkeypatch.setattr(writeverify._ReadBack, "close", close)
+    monkeypatch.setattr(writeverify._HashPool, "close", close)
     return sizes
 
 
@@ -172,3 +174,170 @@ def test_a_flipped_bit_on_the_medium_names_its_block(image, tmp_path, monkeypatc
     with pytest.raises(CorruptionError, match="data block 19 "):
         writeverify.write_verified(str(path), dest, dest_offset=OFFSET,
                                    length=path.stat().st_size, params=params)
+
+
+def _offsets_written(monkeypatch, delay: float = 0.0) -> list[int]:
+    offsets: list[int] = []
+    real = blockio._Target.pwrite_all
+
+    def tracking(self, data, offset):
+        offsets.append(offset)
+        time.sleep(delay)
+        return real(self, data, offset)
+
+    monkeypatch.setattr(blockio._Target, "pwrite_all", tracking)
+    return offsets
+
+
+def test_the_tree_goes_first_and_progress_counts_every_byte(image, tmp_path, monkeypatch) -> None:
+    path, params = image
+    offsets = _offsets_written(monkeypatch)
+    done: list[int] = []
+    dest = blank(tmp_path / "disk", 8 * 1024 * 1024)
+    writeverify.write_verified(str(path), dest, dest_offset=OFFSET, length=path.stat().st_size,
+                               params=params, progress=done.append)
+    tree_chunk = params.hash_offset // CHUNK * CHUNK
+    assert offsets == [OFFSET + tree_chunk, *range(OFFSET, OFFSET + tree_chunk, CHUNK)]
+    assert sum(done) == path.stat().st_size
+
+
+def _flip(path: Path, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte ^ 0x01]))
+
+
+def test_a_tree_damaged_on_the_medium_stops_the_flash_early(image, tmp_path, monkeypatch) -> None:
+    path, params = image
+    level0 = params.hash_offset + BLOCK_SIZE * 2  # superblock, level 1, then level 0
+    offsets = _offsets_written(monkeypatch, delay=0.005)
+    real = blockio._Target.pwrite_all
+
+    def damaging(self, data, offset):
+        if offset - OFFSET <= level0 < offset - OFFSET + len(data):
+            buf = bytearray(data)
+            buf[level0 - (offset - OFFSET) + 100] ^= 0x01
+            data = memoryview(buf)
+        return real(self, data, offset)
+
+    monkeypatch.setattr(blockio._Target, "pwrite_all", damaging)
+    dest = blank(tmp_path / "disk", 8 * 1024 * 1024)
+    with pytest.raises(CorruptionError, match=f"^{dest}: verity hash block 0 of level 0 ") as e:
+        writeverify.write_verified(str(path), dest, dest_offset=OFFSET,
+                                   length=path.stat().st_size, params=params)
+    assert e.value.hint == writeverify.HINT
+    assert len(offsets) < chunks(path) // 4  # found with the first chunk, not at the end
+
+
+def test_a_data_block_damaged_in_the_spine_file_is_blamed_on_the_file(image, tmp_path) -> None:
+    path, params = image
+    _flip(path, 5 * BLOCK_SIZE + 7)
+    dest = blank(tmp_path / "disk", 8 * 1024 * 1024)
+    with pytest.raises(CorruptionError, match=f"^{path}: data block 5 does not match") as e:
+        writeverify.write_verified(str(path), dest, dest_offset=OFFSET,
+                                   length=path.stat().st_size, params=params)
+    assert e.value.hint == writeverify.SOURCE_HINT
+
+
+def test_a_tree_damaged_in_the_spine_file_is_blamed_on_the_file(image, tmp_path) -> None:
+    path, params = image
+    _flip(path, params.hash_offset + BLOCK_SIZE * 3 + 1)  # level 0, block 1
+    dest = blank(tmp_path / "disk", 8 * 1024 * 1024)
+    with pytest.raises(CorruptionError, match=f"^{path}: verity hash block 1 of level 0 "
+                                              rf"\(byte {params.hash_offset + BLOCK_SIZE * 3}\)") as e:
+        writeverify.write_verified(str(path), dest, dest_offset=OFFSET,
+                                   length=path.stat().st_size, params=params)
+    assert e.value.hint == writeverify.SOURCE_HINT
+
+
+def _children(monkeypatch) -> list[int]:
+    pids: list[int] = []
+    real = writeverify._fork
+
+    def fork() -> int:
+        pid = real()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(writeverify, "_fork", fork)
+    return pids
+
+
+def _gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}"):  # a zombie keeps its entry until it is reaped
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_hashing_process_that_dies_fails_the_flash(image, tmp_path, monkeypatch) -> None:
+    path, params = image
+    monkeypatch.setattr(writeverify, "CHILD_CHECK_MS", 50)
+    flag = tmp_path / "killed"
+    real_hash = writeverify.hash_data_blocks
+
+    def dying(data, salt):  # the first child to get here dies, once
+        try:
+            os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return real_hash(data, salt)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(writeverify, "hash_data_blocks", dying)
+    pids = _children(monkeypatch)
+    dest = blank(tmp_path / "disk", 8 * 1024 * 1024)
+    with pytest.raises(DiskError, match=r"a hashing process ended early \(killed by signal 9\)"):
+        writeverify.write_verified(str(path), dest, dest_offset=OFFSET,
+                                   length=path.stat().st_size, params=params)
+    assert pids and all(_gone(pid) for pid in pids)
+
+
+def test_hashers_idle_while_the_medium_is_written_then_hurry(image, tmp_path, monkeypatch) -> None:
+    path, params = image
+    pids = _children(monkeypatch)
+    during: list[int] = []
+    real = blockio._Target.pwrite_all
+
+    def sampling(self, data, offset):
+        if offset == OFFSET + 20 * CHUNK:
+            during.extend(os.sched_getscheduler(pid) for pid in pids)
+        return real(self, data, offset)
+
+    after: list[int] = []
+    real_hurry = writeverify._HashPool.hurry
+
+    def hurry(self) -> None:
+        real_hurry(self)
+        after.extend(os.sched_getscheduler(pid) for pid in pids)
+
+    monkeypatch.setattr(blockio._Target, "pwrite_all", sampling)
+    monkeypatch.setattr(writeverify._HashPool, "hurry", hurry)
+    dest = blank(tmp_path / "disk", 8 * 1024 * 1024)
+    writeverify.write_verified(str(path), dest, dest_offset=OFFSET, length=path.stat().st_size,
+                               params=params)
+    assert len(pids) == writeverify._workers()
+    assert during == [os.SCHED_IDLE] * len(pids)
+    assert after == [os.SCHED_OTHER] * len(pids)
+
+
+def test_hashers_ignore_ctrl_c_and_are_reaped_after_the_flash(image, tmp_path, monkeypatch) -> None:
+    path, params = image
+    pids = _children(monkeypatch)
+    real = blockio._Target.pwrite_all
+
+    def interrupting(self, data, offset):
+        if offset == OFFSET + 10 * CHUNK:  # what a terminal's Ctrl-C sends the process group
+            for pid in pids:
+                os.kill(pid, signal.SIGINT)
+        return real(self, data, offset)
+
+    monkeypatch.setattr(blockio._Target, "pwrite_all", interrupting)
+    dest = blank(tmp_path / "disk", 8 * 1024 * 1024)
+    writeverify.write_verified(str(path), dest, dest_offset=OFFSET, length=path.stat().st_size,
+                               params=params)
+    assert pids and all(_gone(pid) for pid in pids)

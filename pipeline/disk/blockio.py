@@ -101,9 +101,12 @@ def stream_copy(
     progress: Callable[[int], None] | None = None,
     chunk_done: Callable[[int, int], None] | None = None,
     sync_every: int | None = None,
+    first: int = 0,
 ) -> None:
     """Copy the first ``length`` bytes of ``src`` to ``dest`` at ``dest_offset``, then fsync.
 
+    Chunks go in order from the one holding byte ``first`` to the end, then from the
+    start (a verity image's tree first, so its data can be checked as it streams).
     ``chunk_done(pos, n)`` is called after each chunk reached the medium (O_DIRECT) or
     the page cache (buffered fallback; the reader then drops it before reading back).
     ``sync_every`` (bytes) adds an ``fdatasync`` whenever that much was written since
@@ -114,25 +117,27 @@ def stream_copy(
     Raises ``DiskError`` on any I/O error (short source, device gone, out of space);
     a source shorter than ``length`` is refused before anything is written.
     """
-    done = 0
+    start = min(first, length) // CHUNK * CHUNK
+    order = [*range(start, length, CHUNK), *range(0, start, CHUNK)]
+    pos = 0
     with _mapped(src, length) as source:
         target = _Target(dest)
-        synced = 0
+        unsynced = 0
         try:
-            while done < length:
-                want = min(CHUNK, length - done)
-                target.pwrite_all(source[done:done + want], dest_offset + done)
-                if not target.direct or (sync_every and done + want - synced >= sync_every):
+            for pos in order:
+                want = min(CHUNK, length - pos)
+                target.pwrite_all(source[pos:pos + want], dest_offset + pos)
+                unsynced += want
+                if not target.direct or (sync_every and unsynced >= sync_every):
                     os.fdatasync(target.fd)  # buffered: so a read-back sees the medium, not memory
-                    synced = done + want
+                    unsynced = 0
                 if chunk_done:
-                    chunk_done(done, want)
-                done += want
+                    chunk_done(pos, want)
                 if progress:
                     progress(want)
             os.fsync(target.fd)
         except OSError as e:
-            raise DiskError(f"{dest}: write failed at byte {dest_offset + done} ({e.strerror})",
+            raise DiskError(f"{dest}: write failed at byte {dest_offset + pos} ({e.strerror})",
                             "check the device (dmesg); the slot stays invalid until a flash succeeds") from e
         finally:
             target.close()
