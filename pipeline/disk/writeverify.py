@@ -257,6 +257,10 @@ def _serve(task_r: int, answer_w: int, buffers: mmap.mmap, digests: mmap.mmap, s
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        low, high = sorted((task_r, answer_w))  # no other descriptor (devices written by other
+        os.closerange(3, low)                   # threads) stays open because of this child
+        os.closerange(low + 1, high)
+        os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
         with contextlib.suppress(OSError):  # where SCHED_IDLE is refused, hash at normal priority
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         data, out = memoryview(buffers), memoryview(digests)
