@@ -29,7 +29,7 @@ import signal
 import struct
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from bay0.errors import CorruptionError, DiskError
@@ -167,39 +167,31 @@ class _HashPool:
             with contextlib.suppress(OSError):  # gone, or not allowed: stay idle-priority
                 os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
 
-    def answers(self) -> Callable[[], list[tuple[int, int, int]]]:
-        """A function that waits for the next answers: ``(slot, first block, blocks)`` each.
+    def answers(self) -> Iterator[tuple[int, int]]:
+        """Yield ``(first block, blocks)`` of each answered task until the reader is done
+        and every task is answered.
 
-        It returns ``[]`` once the reader is done and every task is answered, and
-        raises what stopped the reader, or ``DiskError`` when a child died.
+        Raises what stopped the reader, or ``DiskError`` when a child died.
         """
         poller = select.poll()
         poller.register(self.answer_r, select.POLLIN)
         ended = False
-
-        def wait() -> list[tuple[int, int, int]]:
-            nonlocal ended
-            while not ended or self.pending:
-                if not poller.poll(CHILD_CHECK_MS):
-                    self._check_children()
+        while not ended or self.pending:
+            if not poller.poll(CHILD_CHECK_MS):
+                self._check_children()
+                continue
+            for slot, first, blocks in _ANSWER.iter_unpack(os.read(self.answer_r, 64 * _ANSWER.size)):
+                if slot == _END:
+                    ended = True
                     continue
-                got = []
-                for slot, first, blocks in _ANSWER.iter_unpack(os.read(self.answer_r, 64 * _ANSWER.size)):
-                    if slot == _END:
-                        ended = True
-                    elif slot == _FAILED:
-                        assert self.error is not None
-                        raise self.error
-                    else:
-                        got.append((slot, first, blocks))
-                        self.pending[slot] -= 1
-                        if not self.pending[slot]:
-                            del self.pending[slot]
-                            self.free.put(slot)
-                if got:
-                    return got
-            return []
-        return wait
+                if slot == _FAILED:
+                    assert self.error is not None
+                    raise self.error
+                self.pending[slot] -= 1
+                if not self.pending[slot]:
+                    del self.pending[slot]
+                    self.free.put(slot)
+                yield first, blocks
 
     def _check_children(self) -> None:
         for pid in self.pids:
@@ -428,12 +420,10 @@ def write_verified(
 
 
 def _verify(pool: _HashPool, checker: _Checker, progress: Callable[[int], None] | None) -> None:
-    wait = pool.answers()
-    while answers := wait():
-        for _, first, blocks in answers:
-            checker.answered(first, blocks)
-            if progress:
-                progress(blocks * BLOCK_SIZE)
+    for first, blocks in pool.answers():
+        checker.answered(first, blocks)
+        if progress:
+            progress(blocks * BLOCK_SIZE)
 
 
 def _workers() -> int:
