@@ -341,3 +341,26 @@ def test_hashers_ignore_ctrl_c_and_are_reaped_after_the_flash(image, tmp_path, m
     writeverify.write_verified(str(path), dest, dest_offset=OFFSET, length=path.stat().st_size,
                                params=params)
     assert pids and all(_gone(pid) for pid in pids)
+
+
+def test_hashers_that_cannot_start_fail_with_a_hint(image, tmp_path, monkeypatch) -> None:
+    path, params = image
+    started = _children(monkeypatch)
+    real = writeverify._fork
+    forks = [0]
+
+    def failing() -> int:  # the second fork hits the process limit
+        forks[0] += 1
+        if forks[0] == 2:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real()
+
+    monkeypatch.setattr(writeverify, "_fork", failing)
+    monkeypatch.setattr(writeverify, "_workers", lambda: 2)
+    dest = blank(tmp_path / "disk", 8 * 1024 * 1024)
+    with pytest.raises(DiskError, match=r"cannot start the hashing processes \(Resource") as e:
+        writeverify.write_verified(str(path), dest, dest_offset=OFFSET,
+                                   length=path.stat().st_size, params=params)
+    assert "ulimit -u" in e.value.hint
+    assert Path(dest).read_bytes() == bytes(8 * 1024 * 1024)  # nothing written
+    assert all(_gone(pid) for pid in started)

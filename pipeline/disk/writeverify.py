@@ -128,8 +128,12 @@ class _HashPool:
                     os.close(self.answer_r)
                     _serve(task_r, self.answer_w, self.buffers, self.digests, salt)
                 self.pids.append(pid)
-        except BaseException:
+        except BaseException as e:
             self.close()
+            if isinstance(e, OSError):
+                raise DiskError(f"cannot start the hashing processes ({e.strerror})",
+                                "free memory or raise the process limit (ulimit -u), then flash again"
+                                ) from e
             raise
         finally:
             os.close(task_r)
