@@ -66,7 +66,7 @@ REQUIRED_APPLETS = (
     "bin/readlink", "bin/od", "bin/ln", "bin/ls", "usr/bin/awk", "usr/bin/basename",
     "usr/bin/dirname", "usr/bin/cut", "usr/bin/head", "usr/bin/tail", "usr/bin/tr",
     "usr/bin/wc", "usr/bin/cmp", "usr/bin/sha256sum", "sbin/insmod", "sbin/modprobe",
-    "sbin/poweroff", "sbin/switch_root",
+    "sbin/poweroff", "sbin/switch_root", "sbin/watchdog",
 )
 
 

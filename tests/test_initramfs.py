@@ -454,3 +454,54 @@ def test_initramfs_contents(built, tmp_path: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(e.data)
     elf.closure(root, ["/sbin/veritysetup", "/sbin/cryptsetup", "/sbin/mkfs.ext4"])
+
+
+def test_watchdog_drivers_are_picked_from_the_module_list(applets: Path, tmp_path: Path) -> None:
+    modules = tmp_path / "modules"
+    modules.write_text("/lib/modules/6.1/kernel/drivers/virtio/virtio_pci.ko\n"
+                       "/lib/modules/6.1/kernel/drivers/watchdog/i6300esb.ko\n"
+                       "/lib/modules/6.1/kernel/drivers/watchdog/iTCO_wdt.ko\n"
+                       "/lib/modules/6.1/kernel/drivers/md/dm-verity.ko\n")
+    proc = sh(applets, f"watchdog_modules {modules}")
+    assert proc.stdout.decode().split() == ["i6300esb", "iTCO_wdt"]
+
+
+def test_arm_watchdog_without_a_device_says_so_and_the_boot_goes_on(applets: Path, tmp_path: Path) -> None:
+    proc = sh(applets, 'arm_watchdog 120; echo "rc=$? job=$WATCHDOG_JOB"; watchdog_handover; watchdog_disarm',
+              SPINE_DEV=str(tmp_path))
+    assert proc.stdout.decode().splitlines() == ["spine-init: watchdog: no device", "rc=1 job="]
+
+
+@pytest.mark.parametrize(("stop", "written"), [("watchdog_handover", b"\0"), ("watchdog_disarm", b"\0V")])
+def test_the_armed_watchdog_is_pinged_once_then_handed_over_counting_or_disarmed(
+        applets: Path, tmp_path: Path, stop: str, written: bytes) -> None:
+    # A pty stands in for the device (a character device whose writes the test reads;
+    # the ioctls fail with a warning): the job holds it with the asked timeout and ping
+    # interval and pings once (a NUL byte). The handover must kill it without the magic
+    # "V" (the watchdog keeps counting for bay0); disarming must write the "V".
+    import tty
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    (tmp_path / "watchdog0").symlink_to(os.ttyname(slave))
+    script = ('arm_watchdog 7; pid=$WATCHDOG_JOB; sleep 0.3; tr "\\0" " " </proc/$pid/cmdline; echo; '
+              f'{stop}; kill -0 $pid 2>/dev/null && echo alive || echo gone; echo "job=$WATCHDOG_JOB"')
+    try:
+        proc = sh(applets, script, SPINE_DEV=str(tmp_path))
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 64)
+            except OSError:  # EIO: every holder of the slave has closed it
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    out = proc.stdout.decode().splitlines()
+    assert out[0] == "spine-init: watchdog armed: watchdog0 resets the machine in 7 s unless bay0 takes it over"
+    assert out[1].split() == ["watchdog", "-F", "-T", "7", "-t", "14", f"{tmp_path}/watchdog0"]
+    assert out[2:] == ["gone", "job="], (out, proc.stderr)
+    assert seen == written

@@ -177,3 +177,48 @@ is_luks() {
 luks_label() {
 	dd if="$1" bs=1 skip=24 count=48 2>/dev/null | tr -d '\000'
 }
+
+# The hardware watchdog is armed by /init, before anything that can hang, and handed
+# to bay0 still counting: a wedged /init (a stuck disk, a kernel stall) or a bay0 that
+# never gets as far as opening the device is reset like a wedged bay0, and the reset
+# costs the slot the try it spent. busybox's watchdog, started with a ping interval
+# longer than its timeout, sets the timeout and pings once; it is then stopped in one
+# of two ways: SIGKILL at the handover (the device closes without the magic "V", so
+# it keeps counting and the kernel logs "watchdog did not stop!" until bay0 opens it
+# and sets its own timeout), or SIGTERM before a power off (busybox writes "V" and
+# disables it: a machine told to stay off must not be reset into the same failure).
+WATCHDOG_JOB=
+
+# watchdog_modules LIST: the names of LIST's watchdog drivers (drivers/watchdog/).
+watchdog_modules() {
+	sed -n 's|.*/drivers/watchdog/\([^/]*\)\.ko$|\1|p' "$1" | tr '\n' ' '
+}
+
+# arm_watchdog SECONDS: start the first watchdog device with a SECONDS timeout.
+arm_watchdog() {
+	for _wd in "$SPINE_DEV/watchdog0" "$SPINE_DEV/watchdog"; do
+		[ -c "$_wd" ] || continue
+		watchdog -F -T "$1" -t $(($1 * 2)) "$_wd" </dev/null &
+		WATCHDOG_JOB=$!
+		say "watchdog armed: ${_wd#"$SPINE_DEV"/} resets the machine in $1 s unless bay0 takes it over"
+		return 0
+	done
+	say "watchdog: no device"
+	return 1
+}
+
+# watchdog_handover: stop pinging and leave the watchdog counting (for bay0).
+watchdog_handover() {
+	[ -n "$WATCHDOG_JOB" ] || return 0
+	kill -KILL "$WATCHDOG_JOB" 2>/dev/null
+	wait "$WATCHDOG_JOB" 2>/dev/null
+	WATCHDOG_JOB=
+}
+
+# watchdog_disarm: stop the watchdog (before a power off).
+watchdog_disarm() {
+	[ -n "$WATCHDOG_JOB" ] || return 0
+	kill -TERM "$WATCHDOG_JOB" 2>/dev/null
+	wait "$WATCHDOG_JOB" 2>/dev/null
+	WATCHDOG_JOB=
+}

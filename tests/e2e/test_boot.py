@@ -31,6 +31,8 @@ def test_boots_slot_a_to_ready_with_a_try_spent(disk, boot) -> None:
     assert state.last_boot == "A"
     assert state.slot("A").tries_left == 2 and state.slot("B").tries_left == 3
     assert any("persist: first boot, creating LUKS2" in line for line in init_lines(result))
+    assert any(line.startswith("spine-init: watchdog armed: watchdog0 resets the machine in 120 s")
+               for line in init_lines(result))
     assert disk.read("persist", 24, 48).rstrip(b"\0") == b"spine-persist"  # first boot finished
     assert_no_shell(result)
 
@@ -180,3 +182,69 @@ def test_a_wedged_payload_is_reset_by_the_i6300esb_watchdog(disk, boot) -> None:
     result = boot(disk, append=APPEND + " bay0double=wedge", timeout=120)
     assert "bay0-double: wedged" in result.lines("bay0-double:")
     assert result.outcome == qemu.WATCHDOG
+
+
+def patched_initrd(boot_kit, e2e_dir, name: str, edits: dict[str, str]):
+    """The test initramfs with /init edited (each key must occur exactly once)."""
+    import dataclasses
+    import shutil
+
+    from pipeline import initramfs
+    from pipeline.paths import PROJECT_ROOT
+
+    tree = e2e_dir / name
+    shutil.copytree(PROJECT_ROOT / "initramfs", tree, dirs_exist_ok=True)
+    init = (tree / "init").read_text()
+    for old, new in edits.items():
+        assert init.count(old) == 1, old
+        init = init.replace(old, new)
+    (tree / "init").write_text(init)
+    spec = dataclasses.replace(initramfs.test_spec(boot_kit[0]), init_dir=tree)
+    return initramfs.build_initramfs(spec, e2e_dir / f"{name}.cpio.gz")
+
+
+def test_a_wedged_init_is_reset_by_the_watchdog_it_armed_and_the_try_stays_spent(
+        disk, boot_kit, e2e_dir, boot) -> None:
+    # /init stops right before the handover (root and persist mounted, the try spent):
+    # nobody pings the watchdog /init armed, so it must reset the machine.
+    from tests.e2e.conftest import APPEND
+
+    initrd = patched_initrd(boot_kit, e2e_dir, "wedged-init", {
+        "\nhand_over\n": '\nsay "test: wedged before the handover"\nwhile :; do sleep 3600; done\n'})
+    result = boot(disk, initrd=initrd, append=APPEND + " spine.init_watchdog=15", timeout=120)
+    assert result.outcome == qemu.WATCHDOG, result.console[-2000:]
+    lines = init_lines(result)
+    assert any(line.startswith("spine-init: watchdog armed: watchdog0 resets the machine in 15 s")
+               for line in lines)
+    assert any(line.startswith("spine-init: test: wedged before the handover") for line in lines)
+    assert not result.lines("bay0")
+    assert disk.state().slot("A").tries_left == 2  # the reset does not give the try back
+    assert_no_shell(result)
+
+
+def test_a_payload_that_never_opens_the_watchdog_is_reset_after_the_handover(disk, boot) -> None:
+    # The handover leaves the watchdog counting: a bay0 stuck before it opens the device
+    # (a hung import, say) is reset too.
+    from tests.e2e.conftest import APPEND
+
+    result = boot(disk, append=APPEND + " spine.init_watchdog=15 bay0double=idle", timeout=120)
+    assert "bay0-double: idle" in result.lines("bay0-double:")
+    assert result.outcome == qemu.WATCHDOG, result.console[-2000:]
+    assert "watchdog did not stop" in result.console  # closed without the magic "V"
+
+
+def test_a_machine_told_to_power_off_is_not_reset_by_the_watchdog(disk, boot_kit, e2e_dir, boot) -> None:
+    # Both slots corrupt and power off failing (patched out): /init disarms the watchdog
+    # before it powers off, so the machine stays halted instead of being reset into the
+    # same failure. With the watchdog left armed (15 s) QEMU would report a reset.
+    from tests.e2e.conftest import APPEND
+
+    initrd = patched_initrd(boot_kit, e2e_dir, "no-poweroff", {
+        "\tpoweroff -f\n\techo o >/proc/sysrq-trigger 2>/dev/null\n": "\n"})
+    disk.corrupt("spine_a", block=20)
+    disk.corrupt("spine_b", block=30)
+    result = boot(disk, initrd=initrd, append=APPEND + " spine.verify=full spine.init_watchdog=15",
+                  timeout=40)
+    assert init_lines(result)[-2:] == ["spine-init: no bootable slot", "spine-init: powering off"]
+    assert result.outcome == qemu.TIMEOUT, result.console[-2000:]  # halted, never reset
+    assert_no_shell(result)

@@ -40,6 +40,12 @@ if grep -q "bay0double=wedge" /proc/cmdline; then
 	echo "bay0-double: wedged"
 	while :; do sleep 3600; done
 fi
+# bay0double=idle: hang without ever opening the watchdog, as a bay0 stuck before it
+# gets that far would (the watchdog /init armed must still reset the machine).
+if grep -q "bay0double=idle" /proc/cmdline; then
+	echo "bay0-double: idle"
+	while :; do sleep 3600; done
+fi
 poweroff -f
 """
 
