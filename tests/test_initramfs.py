@@ -467,12 +467,12 @@ def test_watchdog_drivers_are_picked_from_the_module_list(applets: Path, tmp_pat
 
 
 def test_arm_watchdog_without_a_device_says_so_and_the_boot_goes_on(applets: Path, tmp_path: Path) -> None:
-    proc = sh(applets, 'arm_watchdog 120; echo "rc=$? job=$WATCHDOG_JOB"; watchdog_handover; watchdog_disarm',
+    proc = sh(applets, 'arm_watchdog 120; echo "rc=$? job=$WATCHDOG_JOB"; watchdog_release KILL; watchdog_release TERM',
               SPINE_DEV=str(tmp_path))
     assert proc.stdout.decode().splitlines() == ["spine-init: watchdog: no device", "rc=1 job="]
 
 
-@pytest.mark.parametrize(("stop", "written"), [("watchdog_handover", b"\0"), ("watchdog_disarm", b"\0V")])
+@pytest.mark.parametrize(("stop", "written"), [("watchdog_release KILL", b"\0"), ("watchdog_release TERM", b"\0V")])
 def test_the_armed_watchdog_is_pinged_once_then_handed_over_counting_or_disarmed(
         applets: Path, tmp_path: Path, stop: str, written: bytes) -> None:
     # A pty stands in for the device (a character device whose writes the test reads;

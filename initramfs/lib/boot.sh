@@ -207,18 +207,11 @@ arm_watchdog() {
 	return 1
 }
 
-# watchdog_handover: stop pinging and leave the watchdog counting (for bay0).
-watchdog_handover() {
+# watchdog_release KILL|TERM: end the busybox job. KILL hands the watchdog over still
+# counting (for bay0); TERM disarms it (before a power off).
+watchdog_release() {
 	[ -n "$WATCHDOG_JOB" ] || return 0
-	kill -KILL "$WATCHDOG_JOB" 2>/dev/null
-	wait "$WATCHDOG_JOB" 2>/dev/null
-	WATCHDOG_JOB=
-}
-
-# watchdog_disarm: stop the watchdog (before a power off).
-watchdog_disarm() {
-	[ -n "$WATCHDOG_JOB" ] || return 0
-	kill -TERM "$WATCHDOG_JOB" 2>/dev/null
+	kill "-$1" "$WATCHDOG_JOB" 2>/dev/null
 	wait "$WATCHDOG_JOB" 2>/dev/null
 	WATCHDOG_JOB=
 }
