@@ -3,6 +3,8 @@ end to end on its last try, falls back, and powers off when nothing is bootable.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline import qemu
@@ -139,20 +141,34 @@ def test_blank_boot_control_powers_off(disk, boot) -> None:
     assert_no_shell(result)
 
 
-def test_an_unexpected_init_failure_powers_off_not_a_shell(disk, boot_kit, e2e_dir, boot) -> None:
-    # An initramfs whose bootctl.sh is missing: sourcing it makes the shell exit,
-    # and the EXIT trap must power off rather than let the kernel panic or a shell run.
+def patched_initrd(boot_kit, e2e_dir, name: str, patch) -> Path:
+    """The test initramfs built from a copy of initramfs/ that ``patch(tree)`` changed."""
     import dataclasses
     import shutil
 
     from pipeline import initramfs
     from pipeline.paths import PROJECT_ROOT
 
-    broken = e2e_dir / "broken-init"
-    shutil.copytree(PROJECT_ROOT / "initramfs", broken, dirs_exist_ok=True)
-    (broken / "lib" / "bootctl.sh").unlink()
-    spec = dataclasses.replace(initramfs.test_spec(boot_kit[0]), init_dir=broken)
-    initrd = initramfs.build_initramfs(spec, e2e_dir / "broken.cpio.gz")
+    tree = e2e_dir / name
+    shutil.copytree(PROJECT_ROOT / "initramfs", tree, dirs_exist_ok=True)
+    patch(tree)
+    spec = dataclasses.replace(initramfs.test_spec(boot_kit[0]), init_dir=tree)
+    return initramfs.build_initramfs(spec, e2e_dir / f"{name}.cpio.gz")
+
+
+def edit_init(old: str, new: str):
+    """A patch for patched_initrd: replace ``old`` (which must occur once) in /init."""
+    def patch(tree: Path) -> None:
+        init = (tree / "init").read_text()
+        assert init.count(old) == 1, old
+        (tree / "init").write_text(init.replace(old, new))
+    return patch
+
+
+def test_an_unexpected_init_failure_powers_off_not_a_shell(disk, boot_kit, e2e_dir, boot) -> None:
+    # An initramfs whose bootctl.sh is missing: sourcing it makes the shell exit,
+    # and the EXIT trap must power off rather than let the kernel panic or a shell run.
+    initrd = patched_initrd(boot_kit, e2e_dir, "broken-init", lambda tree: (tree / "lib" / "bootctl.sh").unlink())
     result = boot(disk, initrd=initrd)
     assert result.outcome == qemu.POWEROFF
     assert init_lines(result)[-1] == "spine-init: powering off"
@@ -184,33 +200,14 @@ def test_a_wedged_payload_is_reset_by_the_i6300esb_watchdog(disk, boot) -> None:
     assert result.outcome == qemu.WATCHDOG
 
 
-def patched_initrd(boot_kit, e2e_dir, name: str, edits: dict[str, str]):
-    """The test initramfs with /init edited (each key must occur exactly once)."""
-    import dataclasses
-    import shutil
-
-    from pipeline import initramfs
-    from pipeline.paths import PROJECT_ROOT
-
-    tree = e2e_dir / name
-    shutil.copytree(PROJECT_ROOT / "initramfs", tree, dirs_exist_ok=True)
-    init = (tree / "init").read_text()
-    for old, new in edits.items():
-        assert init.count(old) == 1, old
-        init = init.replace(old, new)
-    (tree / "init").write_text(init)
-    spec = dataclasses.replace(initramfs.test_spec(boot_kit[0]), init_dir=tree)
-    return initramfs.build_initramfs(spec, e2e_dir / f"{name}.cpio.gz")
-
-
 def test_a_wedged_init_is_reset_by_the_watchdog_it_armed_and_the_try_stays_spent(
         disk, boot_kit, e2e_dir, boot) -> None:
     # /init stops right before the handover (root and persist mounted, the try spent):
     # nobody pings the watchdog /init armed, so it must reset the machine.
     from tests.e2e.conftest import APPEND
 
-    initrd = patched_initrd(boot_kit, e2e_dir, "wedged-init", {
-        "\nhand_over\n": '\nsay "test: wedged before the handover"\nwhile :; do sleep 3600; done\n'})
+    initrd = patched_initrd(boot_kit, e2e_dir, "wedged-init", edit_init(
+        "\nhand_over\n", '\nsay "test: wedged before the handover"\nwhile :; do sleep 3600; done\n'))
     result = boot(disk, initrd=initrd, append=APPEND + " spine.init_watchdog=15", timeout=120)
     assert result.outcome == qemu.WATCHDOG, result.console[-2000:]
     lines = init_lines(result)
@@ -239,8 +236,8 @@ def test_a_machine_told_to_power_off_is_not_reset_by_the_watchdog(disk, boot_kit
     # same failure. With the watchdog left armed (15 s) QEMU would report a reset.
     from tests.e2e.conftest import APPEND
 
-    initrd = patched_initrd(boot_kit, e2e_dir, "no-poweroff", {
-        "\tpoweroff -f\n\techo o >/proc/sysrq-trigger 2>/dev/null\n": "\n"})
+    initrd = patched_initrd(boot_kit, e2e_dir, "no-poweroff", edit_init(
+        "\tpoweroff -f\n\techo o >/proc/sysrq-trigger 2>/dev/null\n", "\n"))
     disk.corrupt("spine_a", block=20)
     disk.corrupt("spine_b", block=30)
     result = boot(disk, initrd=initrd, append=APPEND + " spine.verify=full spine.init_watchdog=15",
